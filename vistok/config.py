@@ -1,0 +1,236 @@
+"""Configs: OmegaConf YAML + ``key.sub=value`` overrides + typed validation.
+
+Sections:
+  model   ``type`` names a registered model; every other key must be a constructor argument of it,
+          of the annotated type (the class signature is the schema, so there is one source of truth).
+  data    ``type`` names a registered dataset; other keys are its constructor arguments (``split`` is
+          set by the caller).
+  train, sample, eval   dataclass schemas below.
+
+Every error names the key, the file and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+SECTIONS = ("model", "data", "train", "sample", "eval")
+
+
+class ConfigError(ValueError):
+    """A config key, value or file is wrong; the message says which and what was expected."""
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = ""  # default: runs/<config file stem>
+    seed: int = 0
+    batch_size: int = 32  # per process
+    max_steps: int = 1000
+    lr: float = 1e-3
+    betas: list = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # constant | cosine | linear (all with warm-up)
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # 0 disables clipping
+    grad_accum_steps: int = 1
+    mixed_precision: str = "bf16"  # no | bf16 | fp16 (bf16 falls back to no where unsupported)
+    ema_decay: float = 0.0  # 0 disables EMA
+    disc_start: int = -1  # step at which the adversarial phase starts; -1: never
+    disc_lr: float = 1e-4
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int = 3  # 0 keeps all
+    resume: str = ""  # "" | latest | path to a checkpoint-<step> folder
+    log_every: int = 50
+    image_every: int = 500  # image grids (inputs vs reconstructions / samples); 0 disables
+    eval_every: int = 500  # model metrics on held-out data; 0 disables
+    eval_batches: int = 4
+    num_workers: int = 0
+    log_with: str = "tensorboard"  # tensorboard | wandb | none
+    on_nan: str = "stop"  # stop | skip
+    progress: bool = True
+
+
+@dataclass
+class SampleConfig:
+    num_images: int = 64
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 100
+    max_images: int = 0  # 0: the whole held-out split
+    lenet: str = "checkpoints/fd_lenet"  # FD-LeNet classifier (release folder)
+    inception_weights: str = ""  # local path to torch-fidelity's inception-v3-compat weights
+
+
+SCHEMAS = {"train": TrainConfig, "sample": SampleConfig, "eval": EvalConfig}
+_CHOICES = {
+    ("train", "lr_schedule"): ("constant", "cosine", "linear"),
+    ("train", "mixed_precision"): ("no", "bf16", "fp16"),
+    ("train", "log_with"): ("tensorboard", "wandb", "none"),
+    ("train", "on_nan"): ("stop", "skip"),
+}
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Load a YAML config, apply ``key.sub=value`` overrides, validate, fill defaults."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path} (expected a YAML file, e.g. configs/vqgan/mnist.yaml)")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml errors carry line numbers
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping with sections {SECTIONS}, got {type(cfg).__name__}")
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}': expected key.sub=value")
+    try:
+        cli = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"command-line overrides {list(overrides)}: {e}") from e
+    cfg = OmegaConf.merge(cfg, cli)
+    return validate(cfg, source=path, name=os.path.splitext(os.path.basename(path))[0])
+
+
+def validate(cfg: DictConfig, source: str = "<config>", name: str | None = None) -> DictConfig:
+    """Check every section; return a new config with defaults filled in."""
+    unknown = [k for k in cfg.keys() if k not in SECTIONS and k != "name"]
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; expected sections {SECTIONS} (and 'name')")
+    out: dict[str, Any] = {"name": cfg.get("name", name or "run")}
+    for sec, schema in SCHEMAS.items():
+        out[sec] = _validate_dataclass(sec, cfg.get(sec) or {}, schema, source)
+    for sec, kind in (("model", "model"), ("data", "dataset")):
+        if sec not in cfg or cfg[sec] is None:
+            raise ConfigError(f"{source}: missing section '{sec}' (expected '{sec}.type' and its arguments)")
+        out[sec] = validate_component(kind, OmegaConf.to_container(cfg[sec], resolve=True), f"{source}: {sec}")
+    if not out["train"]["output_dir"]:
+        out["train"]["output_dir"] = os.path.join("runs", out["name"])
+    return OmegaConf.create(out)
+
+
+def _validate_dataclass(sec: str, values, schema, source: str) -> dict:
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=True)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: section '{sec}' must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    result = dataclasses.asdict(schema())
+    for key, val in values.items():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{sec}.{key}'; expected one of: {', '.join(fields)}")
+        allowed = _CHOICES.get((sec, key))
+        if allowed and val is False and "no" in allowed:  # YAML 1.1 reads a bare `no` as false
+            val = "no"
+        result[key] = _coerce(val, fields[key].type, f"{sec}.{key}", source)
+        if allowed and result[key] not in allowed:
+            raise ConfigError(f"{source}: '{sec}.{key}' = {val!r}; expected one of {allowed}")
+    return result
+
+
+def validate_component(kind: str, values: dict, where: str) -> dict:
+    """Validate ``{type: name, **kwargs}`` against the registered class's constructor."""
+    from vistok.registry import lookup
+
+    if not isinstance(values, dict) or "type" not in values:
+        raise ConfigError(f"{where}: expected a mapping with a 'type' key naming the {kind}")
+    try:
+        cls = lookup(kind, values["type"])
+    except KeyError as e:
+        raise ConfigError(f"{where}.type: {e.args[0]}") from None
+    sig = inspect.signature(cls.__init__)
+    hints = typing.get_type_hints(cls.__init__)
+    params = {n: p for n, p in sig.parameters.items() if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+    result = {"type": values["type"]}
+    for key, val in values.items():
+        if key == "type":
+            continue
+        if key not in params or (kind == "dataset" and key == "split"):
+            expected = [p for p in params if not (kind == "dataset" and p == "split")]
+            raise ConfigError(f"{where}: unknown key '{key}' for {kind} '{values['type']}'; expected one of: {', '.join(expected)}")
+        result[key] = _coerce(val, hints.get(key, Any), f"{key}", where)
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in result and n != "split"]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing} for {kind} '{values['type']}'")
+    return result
+
+
+def _coerce(val, typ, key: str, source: str):
+    """Check ``val`` against a type annotation; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if isinstance(val, (DictConfig, ListConfig)):
+        val = OmegaConf.to_container(val, resolve=True)
+    if typ is Any or typ is inspect.Parameter.empty:
+        return val
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if val is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(val, a, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{source}: '{key}' = {val!r}; expected {_typename(typ)}")
+    if origin in (list, tuple) or typ in (list, tuple):
+        if not isinstance(val, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a list")
+        if args and args[-1] is not Ellipsis and origin is tuple and len(args) != len(val):
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected {len(args)} items")
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(val)]
+    if origin is dict or typ is dict:
+        if not isinstance(val, dict):
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a mapping")
+        return val
+    if typ is float:
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a number")
+        return float(val)
+    if typ is int:
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected an integer")
+        return val
+    if typ is bool:
+        if not isinstance(val, bool):
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected true or false")
+        return val
+    if typ is str:
+        if not isinstance(val, str):
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a string")
+        return val
+    return val
+
+
+def _typename(typ) -> str:
+    return getattr(typ, "__name__", str(typ).replace("typing.", ""))
+
+
+def save_config(cfg: DictConfig, path: str) -> None:
+    from vistok.training.checkpoint import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(cfg))
+
+
+def build(kind: str, section, **extra):
+    """Instantiate the registered class named by ``section.type`` with its keyword arguments."""
+    from vistok.registry import lookup
+
+    values = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+    cls = lookup(kind, values.pop("type"))
+    return cls(**values, **extra)

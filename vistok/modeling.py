@@ -1,0 +1,132 @@
+"""Base class for every released model: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``.
+
+A saved model is a folder with ``config.json`` (the constructor arguments plus a required
+``model_type``) and ``model.safetensors``. Loading checks ``model_type``, rebuilds the class from the
+JSON arguments and loads the weights strictly: a missing or unexpected key, or a shape that does not
+match the config, is an error naming the key. Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_url="https://github.com/vistok/vistok"):
+    model_type: str = ""  # set by vistok.registry.register_model
+
+    # ---- saving -------------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        cfg = dict(self._hub_mixin_config or {})
+        from vistok import __version__
+
+        return {"model_type": self.model_type, **cfg, "vistok_version": __version__}
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_model(self, str(Path(save_directory) / WEIGHTS_NAME))
+        (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2, sort_keys=True))
+
+    # ---- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path):
+            return cls._load_local(path, **kwargs)
+        return super().from_pretrained(path, **kwargs)  # a Hub repo id: the mixin downloads, then _from_pretrained
+
+    @classmethod
+    def _load_local(cls, path: str, map_location: str = "cpu", **overrides):
+        cfg = read_model_config(path)
+        model_cls = resolve_class(cls, cfg, path)
+        kwargs = {k: v for k, v in cfg.items() if k not in ("model_type", "vistok_version")}
+        kwargs.update(overrides)
+        try:
+            model = model_cls(**kwargs)
+        except TypeError as e:
+            raise ValueError(f"{os.path.join(path, CONFIG_NAME)}: arguments do not fit {model_cls.__name__}: {e}") from e
+        load_weights(model, os.path.join(path, WEIGHTS_NAME), map_location)
+        model.eval()
+        return model
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id, revision=None, cache_dir=None, force_download=False,
+                         local_files_only=False, token=None, map_location="cpu", strict=True, **model_kwargs):
+        from huggingface_hub import hf_hub_download
+
+        folder = os.path.dirname(hf_hub_download(model_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
+                                                 force_download=force_download, token=token,
+                                                 local_files_only=local_files_only))
+        hf_hub_download(model_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir, token=token,
+                        local_files_only=local_files_only)
+        return cls._load_local(folder, map_location=map_location)
+
+
+def read_model_config(path: str) -> dict:
+    cfg_path = os.path.join(path, CONFIG_NAME)
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"'{path}' is not a vistok model folder: {CONFIG_NAME} is missing")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
+    if not isinstance(cfg, dict) or not cfg.get("model_type"):
+        raise ValueError(f"{cfg_path}: missing required key 'model_type'")
+    return cfg
+
+
+def resolve_class(cls, cfg: dict, path: str):
+    from vistok.registry import lookup
+
+    try:
+        model_cls = lookup("model", cfg["model_type"])
+    except KeyError as e:
+        raise ValueError(f"{os.path.join(path, CONFIG_NAME)}: {e.args[0]}") from None
+    if cls is not VistokModel and not issubclass(model_cls, cls):
+        raise ValueError(f"{path} holds a '{cfg['model_type']}' model ({model_cls.__name__}); "
+                         f"expected model_type '{cls.model_type}' ({cls.__name__})")
+    return model_cls
+
+
+def load_weights(model: nn.Module, weights_path: str, map_location: str = "cpu") -> None:
+    """Load a safetensors file strictly, with errors that name the file and the keys."""
+    if not os.path.isfile(weights_path):
+        raise FileNotFoundError(f"weights file '{weights_path}' is missing")
+    try:
+        state = load_file(weights_path, device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"'{weights_path}' is not a readable safetensors file ({e}); it may be truncated or corrupt") from e
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{weights_path}: keys do not match {type(model).__name__}: "
+                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ValueError(f"{weights_path}: '{k}' has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=True)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def autocast_off(device_type: str = "cpu"):
+    return torch.autocast(device_type=device_type, enabled=False)

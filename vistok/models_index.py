@@ -1,0 +1,6 @@
+"""Imports every module that registers a model or dataset, so that registry lookups see them all."""
+import vistok.data.mnist  # noqa: F401
+import vistok.data.shapes  # noqa: F401
+import vistok.data.images  # noqa: F401
+import vistok.tokenizers.vqgan  # noqa: F401
+import vistok.evaluation.lenet  # noqa: F401

@@ -1,0 +1,112 @@
+"""Plain pixel VQ tokenizer: conv encoder -> 1x1 projection -> VQ -> 1x1 projection -> conv decoder.
+
+Losses: L1 or L2 reconstruction + VQ (commitment, and codebook when it is learnt by gradients) and,
+in the adversarial phase the trainer switches on, a PatchGAN hinge generator term.
+Defaults are LlamaGen's VQ-16 (ch 128, ch_mult 1,1,2,2,4, 16384 l2-normalised codes of dim 8).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vistok.evaluation.image_metrics import ReconstructionMeter
+from vistok.modeling import VistokModel
+from vistok.nn.conv import Decoder, Encoder
+from vistok.nn.discriminator import PatchGAN, hinge_g_loss
+from vistok.quantizers.vq import VQ
+from vistok.registry import register_model
+
+
+@register_model("vqgan")
+class VQGAN(VistokModel):
+    kind = "tokenizer"
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        in_channels: int = 3,
+        ch: int = 128,
+        ch_mult: list[int] = (1, 1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        z_channels: int = 256,
+        attn_mid: bool = True,
+        dropout: float = 0.0,
+        codebook_size: int = 16384,
+        codebook_dim: int = 8,
+        l2_norm: bool = True,
+        ema: bool = True,
+        decay: float = 0.99,
+        kmeans_init: bool = False,
+        dead_code_threshold: float = 0.0,
+        commitment_weight: float = 0.25,
+        recon_loss: str = "l2",
+        gan_weight: float = 0.0,
+        disc_ch: int = 64,
+        disc_layers: int = 3,
+    ):
+        super().__init__()
+        if recon_loss not in ("l1", "l2"):
+            raise ValueError(f"vqgan: recon_loss='{recon_loss}'; expected 'l1' or 'l2'")
+        factor = 2 ** (len(ch_mult) - 1)
+        if image_size % factor:
+            raise ValueError(f"vqgan: image_size {image_size} is not divisible by the downsampling factor {factor} (ch_mult {list(ch_mult)})")
+        self.image_size, self.in_channels, self.codebook_size = image_size, in_channels, codebook_size
+        self.token_shape = (image_size // factor, image_size // factor)
+        self.recon_loss, self.gan_weight = recon_loss, gan_weight
+        self.disc_args = dict(in_channels=in_channels, ch=disc_ch, num_layers=disc_layers)
+        arch = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=z_channels,
+                    attn_mid=attn_mid, dropout=dropout)
+        self.encoder = Encoder(in_channels=in_channels, **arch)
+        self.decoder = Decoder(out_channels=in_channels, **arch)
+        self.quant_conv = torch.nn.Conv2d(z_channels, codebook_dim, 1)
+        self.post_quant_conv = torch.nn.Conv2d(codebook_dim, z_channels, 1)
+        self.quantizer = VQ(codebook_dim, codebook_size, l2_norm=l2_norm, ema=ema, decay=decay, kmeans_init=kmeans_init,
+                            dead_code_threshold=dead_code_threshold, commitment_weight=commitment_weight)
+
+    # ---- the tokenizer interface ------------------------------------------------------------
+    def quantize(self, images: torch.Tensor):
+        return self.quantizer(self.quant_conv(self.encoder(images)))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images B,C,H,W in [-1, 1] -> codes B,h,w (int64)."""
+        return self.quantize(images)[1]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes B,h,w -> images B,C,H,W (model range, about [-1, 1])."""
+        return self.decoder(self.post_quant_conv(self.quantizer.lookup(codes)))
+
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zq, codes, _ = self.quantize(images)
+        return self.decoder(self.post_quant_conv(zq)), codes
+
+    # ---- training -----------------------------------------------------------------------------
+    def forward(self, batch: dict, step: int = 0, adversarial: bool = False, discriminator=None) -> dict:
+        x = batch["image"]
+        zq, codes, vq_loss = self.quantize(x)
+        xr = self.decoder(self.post_quant_conv(zq))
+        rec = F.l1_loss(xr, x) if self.recon_loss == "l1" else F.mse_loss(xr, x)
+        out = {"rec": rec, "vq": vq_loss}
+        loss = rec + vq_loss
+        if adversarial and discriminator is not None and self.gan_weight > 0:
+            out["gan_g"] = hinge_g_loss(discriminator, xr)
+            loss = loss + self.gan_weight * out["gan_g"]
+        out["loss"] = loss
+        out["_real"], out["_fake"] = x, xr
+        return out
+
+    def build_discriminator(self):
+        return PatchGAN(**self.disc_args) if self.gan_weight > 0 else None
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> dict:
+        meter = ReconstructionMeter(self.codebook_size)
+        for batch in batches:
+            xr, codes = self.reconstruct(batch["image"])
+            meter.update(batch["image"], xr, codes)
+        return meter.compute()
+
+    @torch.no_grad()
+    def visualize(self, batch: dict, n: int = 8) -> torch.Tensor:
+        """Inputs (top row) over reconstructions (bottom row), model range."""
+        x = batch["image"][:n]
+        return torch.cat([x, self.reconstruct(x)[0].clamp(-1, 1)])

@@ -1,0 +1,291 @@
+"""The one training loop (accelerate). It knows nothing model-specific.
+
+A model provides ``forward(batch, step, adversarial, discriminator) -> dict`` with a scalar ``loss``
+(other scalar entries are logged; ``_real``/``_fake`` feed the discriminator), and optionally
+``build_discriminator()``, ``evaluate(batches) -> dict`` and ``visualize(batch) -> images``.
+
+Exact resume: the data order is a function of (seed, epoch) only, the loader has its own generator,
+evaluation and image grids run under a forked RNG, and a checkpoint stores model, optimizer,
+scheduler, EMA, RNG states and the step; resuming skips the batches already seen in the epoch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from vistok.config import build, save_config
+from vistok.data.base import build_dataset
+from vistok.nn.discriminator import hinge_d_loss
+from vistok.training import checkpoint as ckpt
+from vistok.training.ema import attach_ema
+from vistok.training.logging import save_grid, setup_logging
+
+logger = get_logger("vistok.train")
+FAULT_KILL_ENV = "VISTOK_FAULT_KILL_AT_STEP"  # test hook: SIGKILL this process right after that step
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class EpochShuffleSampler(Sampler):
+    """A permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def make_loader(dataset, batch_size: int, seed: int, shuffle: bool, num_workers: int = 0, drop_last: bool = True):
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochShuffleSampler(len(dataset), seed, shuffle),
+                      drop_last=drop_last, num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
+                      persistent_workers=False)
+
+
+def _mixed_precision(requested: str) -> str:
+    if requested == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return "no"
+    return requested
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train the model named in ``cfg``; returns a summary (steps, time, final metrics)."""
+    t = cfg.train
+    out_dir = t.output_dir
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(t.mixed_precision),
+        gradient_accumulation_steps=t.grad_accum_steps,
+        log_with=None if t.log_with == "none" else t.log_with,
+        project_config=ProjectConfiguration(project_dir=out_dir, logging_dir=os.path.join(out_dir, "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
+    )
+    setup_logging(accelerator.is_main_process)
+    set_seed(t.seed, device_specific=False)
+    if accelerator.is_main_process:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        save_config(cfg, os.path.join(out_dir, "config.yaml"))
+
+    # ---- factories ------------------------------------------------------------------------------
+    model = build("model", cfg.model)
+    disc = model.build_discriminator() if hasattr(model, "build_discriminator") else None
+    train_set = build_dataset(cfg.data, "train")
+    eval_set = build_dataset(cfg.data, "test")
+    if len(train_set) < t.batch_size * accelerator.num_processes:
+        raise ValueError(f"data: the training split has {len(train_set)} items, fewer than one global batch "
+                         f"({t.batch_size} x {accelerator.num_processes} processes; train.batch_size)")
+    loader = make_loader(train_set, t.batch_size, t.seed, shuffle=True, num_workers=t.num_workers)
+    eval_loader = make_loader(eval_set, min(t.batch_size, len(eval_set)), t.seed, shuffle=False, drop_last=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    sched = _scheduler(opt, t, accelerator.num_processes)
+    model, opt, sched, loader, eval_loader = accelerator.prepare(model, opt, sched, loader, eval_loader)
+    if disc is not None:
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=t.disc_lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        disc, opt_d = accelerator.prepare(disc, opt_d)
+    raw = accelerator.unwrap_model(model)
+    raw_disc = accelerator.unwrap_model(disc) if disc is not None else None
+    ema = attach_ema(accelerator, raw, t.ema_decay) if t.ema_decay > 0 else None
+
+    # ---- resume -------------------------------------------------------------------------------------
+    step, resume_path = 0, ckpt.resolve_resume(t.resume, ckpt_dir)
+    if resume_path:
+        accelerator.load_state(resume_path)
+        step = int(ckpt.read_state(resume_path)["step"])
+        logger.info(f"resumed from {resume_path} at step {step}")
+    micro = step * t.grad_accum_steps
+    epoch, skip = divmod(micro, len(loader))
+
+    if accelerator.is_main_process and accelerator.trackers == [] and t.log_with != "none":
+        pass
+    if t.log_with != "none":
+        accelerator.init_trackers(cfg.name, config=_flat_hparams(cfg))
+    fixed_batch = next(iter(eval_loader))
+    kill_at = int(os.environ.get(FAULT_KILL_ENV, "-1"))
+    pbar = tqdm(total=t.max_steps, initial=step, disable=not (accelerator.is_main_process and t.progress),
+                desc=cfg.name, dynamic_ncols=True)
+    summary: dict = {"name": cfg.name, "start_step": step}
+    t0, steps_this_run, last_metrics = time.time(), 0, {}
+    model.train()
+    while step < t.max_steps:
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        if skip:
+            batches.set_epoch(epoch)
+        for batch in batches:
+            adversarial = disc is not None and 0 <= t.disc_start <= step
+            with accelerator.accumulate(model, *( [disc] if disc is not None else [] )):
+                if raw_disc is not None:
+                    raw_disc.requires_grad_(False)
+                out = model(batch, step=step, adversarial=adversarial, discriminator=raw_disc)
+                logs = {k: v.detach().float() for k, v in out.items() if not k.startswith("_") and torch.is_tensor(v)}
+                bad = _non_finite(accelerator, logs)
+                if bad and t.on_nan == "stop":
+                    raise TrainingDiverged(f"non-finite loss at step {step + 1}: {bad}; the last good checkpoint in "
+                                           f"{ckpt_dir} is kept (train.on_nan=skip skips such steps instead)")
+                accelerator.backward(out["loss"] if not bad else out["loss"] * 0.0)
+                grad_norm = None
+                if accelerator.sync_gradients and t.grad_clip > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    if not math.isfinite(float(grad_norm)):
+                        bad = bad or {"grad_norm": float(grad_norm)}
+                        if t.on_nan == "stop":
+                            raise TrainingDiverged(f"non-finite gradient norm at step {step + 1} (loss terms "
+                                                   f"{ {k: float(v) for k, v in logs.items()} }); last good checkpoint kept in {ckpt_dir}")
+                if bad:
+                    opt.zero_grad(set_to_none=True)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                if adversarial:
+                    raw_disc.requires_grad_(True)
+                    d_loss = hinge_d_loss(disc, out["_real"].detach(), out["_fake"].detach())
+                    accelerator.backward(d_loss)
+                    opt_d.step()
+                    opt_d.zero_grad(set_to_none=True)
+                    logs["disc"] = d_loss.detach().float()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            steps_this_run += 1
+            if ema is not None:
+                ema.step(raw.parameters())
+            pbar.update(1)
+            if step % t.log_every == 0 or step == t.max_steps:
+                vals = {f"train/{k}": float(accelerator.reduce(v, "mean")) for k, v in logs.items()}
+                vals["train/lr"] = sched.get_last_lr()[0]
+                if grad_norm is not None:
+                    vals["train/grad_norm"] = float(grad_norm)
+                accelerator.log(vals, step=step)
+                pbar.set_postfix(loss=f"{vals['train/loss']:.4f}")
+            if t.eval_every and (step % t.eval_every == 0 or step == t.max_steps) and hasattr(raw, "evaluate"):
+                last_metrics = _evaluate(accelerator, raw, ema, eval_loader, t.eval_batches)
+                accelerator.log(last_metrics, step=step)
+                logger.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()))
+            if t.image_every and step % t.image_every == 0 and hasattr(raw, "visualize") and accelerator.is_main_process:
+                _images(accelerator, raw, ema, fixed_batch, os.path.join(out_dir, "samples", f"step-{step:07d}.png"), step)
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                save_checkpoint(accelerator, ckpt_dir, step, cfg)
+            if step >= t.max_steps:
+                break
+        epoch, skip = epoch + 1, 0
+    pbar.close()
+    elapsed = time.time() - t0
+    summary.update(step=step, seconds=round(elapsed, 2), steps_per_second=round(steps_this_run / max(elapsed, 1e-9), 3),
+                   metrics=last_metrics, output_dir=out_dir)
+    if accelerator.is_main_process:
+        ckpt.atomic_write_json(os.path.join(out_dir, "train_summary.json"), summary)
+    accelerator.end_training()
+    return summary
+
+
+def save_checkpoint(accelerator: Accelerator, ckpt_dir: str, step: int, cfg: DictConfig) -> str:
+    final = os.path.join(ckpt_dir, f"checkpoint-{step}")
+    tmp = final + ".tmp"
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp, safe_serialization=True)
+    if accelerator.is_main_process:
+        save_config(cfg, os.path.join(tmp, "config.yaml"))
+        ckpt.finalize(tmp, final, {"step": step})
+        removed = ckpt.prune(ckpt_dir, cfg.train.checkpoints_total_limit)
+        logger.info(f"saved {final}" + (f"; pruned {len(removed)}" if removed else ""))
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _scheduler(opt, t, num_processes: int):
+    from diffusers.optimization import get_scheduler
+
+    name = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}[t.lr_schedule]
+    # accelerate steps a prepared scheduler once per process per optimizer step
+    return get_scheduler(name, opt, num_warmup_steps=t.warmup_steps * num_processes,
+                         num_training_steps=t.max_steps * num_processes)
+
+
+def _non_finite(accelerator, logs: dict) -> dict:
+    bad = {k: float(v) for k, v in logs.items() if not torch.isfinite(v)}
+    flag = torch.tensor([1.0 if bad else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1 and float(accelerator.reduce(flag, "sum")) > 0 and not bad:
+        bad = {"other_process": float("nan")}
+    return bad
+
+
+def _evaluate(accelerator, raw, ema, eval_loader, max_batches: int) -> dict:
+    def run(prefix):
+        batches = (b for i, b in zip(range(max_batches), eval_loader))
+        with torch.random.fork_rng(devices=[]), accelerator.autocast():
+            return {f"{prefix}/{k}": float(v) for k, v in raw.evaluate(batches).items()}
+
+    was_training = raw.training
+    raw.eval()
+    metrics = run("eval")
+    if ema is not None:
+        ema.store(raw.parameters())
+        ema.copy_to(raw.parameters())
+        metrics.update(run("eval_ema"))
+        ema.restore(raw.parameters())
+    raw.train(was_training)
+    return metrics
+
+
+def _images(accelerator, raw, ema, batch, path: str, step: int) -> None:
+    was_training = raw.training
+    raw.eval()
+    if ema is not None:
+        ema.store(raw.parameters())
+        ema.copy_to(raw.parameters())
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        grid = raw.visualize(batch).float()
+    if ema is not None:
+        ema.restore(raw.parameters())
+    raw.train(was_training)
+    save_grid(grid, path, nrow=len(grid) // 2)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            from torchvision.utils import make_grid
+
+            from vistok.data.base import to_unit
+
+            tracker.writer.add_image("images", make_grid(to_unit(grid), nrow=len(grid) // 2), step)
+
+
+def _flat_hparams(cfg: DictConfig) -> dict:
+    flat = {}
+
+    def walk(prefix, node):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                walk(key, v)
+            else:
+                flat[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+    walk("", OmegaConf.to_container(cfg, resolve=True))
+    return flat
+
+
+logging.getLogger("PIL").setLevel(logging.WARNING)
