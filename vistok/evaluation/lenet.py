@@ -57,3 +57,29 @@ def _to_lenet_input(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-2:] != (32, 32):
         x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
     return x
+
+
+def load_lenet(path: str) -> LeNet:
+    import os
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"FD-LeNet classifier '{path}' does not exist (eval.lenet); "
+                                f"it ships in checkpoints/fd_lenet, or run scripts/train_lenet.py")
+    return LeNet.from_pretrained(path).eval()
+
+
+def fd_lenet(lenet: LeNet, images_a: torch.Tensor, images_b: torch.Tensor) -> float:
+    """Frechet distance between two image sets (model range [-1, 1]) in LeNet feature space."""
+    from vistok.evaluation.fid import StreamingStats, frechet_distance
+
+    stats = []
+    for imgs in (images_a, images_b):
+        s = StreamingStats()
+        s.update(lenet.features_and_logits(imgs)[0])
+        stats.append(s.mu_sigma())
+    return frechet_distance(*stats[0], *stats[1])
+
+
+def class_accuracy(lenet: LeNet, images: torch.Tensor, labels: torch.Tensor) -> float:
+    logits = torch.from_numpy(lenet.features_and_logits(images)[1])
+    return float((logits.argmax(1) == labels.long()).double().mean())

@@ -1,0 +1,186 @@
+"""FID / IS / KID through torch-fidelity's ``inception-v3-compat`` extractor (the ADM-suite network).
+
+Statistics stream: features are summed into (n, sum, sum of outer products) in float64, so 50,000
+samples never sit in memory unless KID (which needs the features themselves) is asked for.
+Reference statistics save to / load from .npz: ``mu``, ``sigma`` (and ``features`` for KID).
+The Frechet distance and IS/KID formulas are torch-fidelity's own.
+
+The Inception weights cannot be downloaded here: they come from a local path. The user's file is
+read without unpickling (safetensors, or ``torch.load(weights_only=True)``) and only its tensors are
+handed to torch-fidelity.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vistok.data.images import IMAGE_EXTENSIONS
+
+WEIGHTS_HELP = ("FID needs the weights of torch-fidelity's inception-v3-compat network "
+                "(weights-inception-2015-12-05-6726825d.pth, published with the torch-fidelity releases on GitHub). "
+                "Download it on a machine with internet access and pass --inception-weights PATH "
+                "(or set eval.inception_weights in the config); nothing is downloaded at run time.")
+
+
+class StreamingStats:
+    """Running mean and covariance of feature vectors (float64); optionally keeps the features."""
+
+    def __init__(self, keep_features: bool = False):
+        self.n, self.sum, self.outer, self.keep = 0, None, None, keep_features
+        self.features: list[np.ndarray] = []
+
+    def update(self, feats: np.ndarray | torch.Tensor) -> None:
+        f = feats.detach().double().cpu().numpy() if torch.is_tensor(feats) else np.asarray(feats, np.float64)
+        if self.sum is None:
+            self.sum, self.outer = np.zeros(f.shape[1]), np.zeros((f.shape[1], f.shape[1]))
+        self.n += len(f)
+        self.sum += f.sum(0)
+        self.outer += f.T @ f
+        if self.keep:
+            self.features.append(f)
+
+    def merge(self, other: "StreamingStats") -> None:
+        if other.n == 0:
+            return
+        if self.sum is None:
+            self.sum, self.outer = np.zeros_like(other.sum), np.zeros_like(other.outer)
+        self.n += other.n
+        self.sum += other.sum
+        self.outer += other.outer
+        self.features += other.features
+
+    def mu_sigma(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n < 2:
+            raise ValueError(f"need at least 2 images for feature statistics, got {self.n}")
+        mu = self.sum / self.n
+        sigma = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)  # unbiased, as np.cov
+        return mu, sigma
+
+    def save(self, path: str) -> None:
+        mu, sigma = self.mu_sigma()
+        arrays = {"mu": mu, "sigma": sigma}
+        if self.keep and self.features:
+            arrays["features"] = np.concatenate(self.features)
+        np.savez(path, **arrays)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    return float(fid_statistics_to_metric({"mu": np.asarray(mu1, np.float64), "sigma": np.asarray(sigma1, np.float64)},
+                                          {"mu": np.asarray(mu2, np.float64), "sigma": np.asarray(sigma2, np.float64)},
+                                          verbose=False)[KEY_METRIC_FID])
+
+
+def load_reference(path: str) -> dict:
+    """An .npz with mu/sigma (and optionally features). Loaded with allow_pickle=False."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"reference statistics '{path}' do not exist (expected an .npz with 'mu' and 'sigma')")
+    with np.load(path, allow_pickle=False) as z:
+        if "mu" not in z or "sigma" not in z:
+            raise ValueError(f"'{path}': expected arrays 'mu' and 'sigma', found {list(z.keys())}")
+        return {k: z[k] for k in z.keys()}
+
+
+def inception_extractor(weights_path: str | None, features=("2048", "logits_unbiased")):
+    """torch-fidelity's inception-v3-compat, with weights from a local file read without unpickling."""
+    if not weights_path:
+        raise FileNotFoundError(WEIGHTS_HELP)
+    if not os.path.isfile(weights_path):
+        raise FileNotFoundError(f"Inception weights '{weights_path}' do not exist. {WEIGHTS_HELP}")
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    state = _read_state_dict(weights_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        clean = os.path.join(tmp, "inception.pth")
+        torch.save({k: v.contiguous() for k, v in state.items()}, clean)  # only tensors we just verified
+        try:
+            net = FeatureExtractorInceptionV3("inception-v3-compat", list(features), feature_extractor_weights_path=clean)
+        except RuntimeError as e:
+            raise ValueError(f"'{weights_path}' does not hold inception-v3-compat weights: {e}") from e
+    return net.eval()
+
+
+def _read_state_dict(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"'{path}' could not be read as a weights-only PyTorch file ({type(e).__name__}: {e}); "
+                         f"pickled code is never executed") from e
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"'{path}': expected a state dict of tensors")
+    return state
+
+
+def list_images(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder '{folder}' does not exist")
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and f != "grid.png")
+    if not files:
+        raise ValueError(f"image folder '{folder}' holds no images (grid.png is ignored)")
+    return files
+
+
+def read_uint8(paths: list[str]) -> torch.Tensor:
+    """PNG/JPEG files -> uint8 B,3,H,W (grey expanded to RGB). Errors name the file."""
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                out.append(torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1))
+        except Exception as e:
+            raise ValueError(f"cannot read image '{p}': {e}") from e
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def inception_stats(net, folder: str, batch_size: int = 50, keep_features: bool = False):
+    """Streams a folder through the network -> (StreamingStats of pool features, logits tensor)."""
+    stats, logits = StreamingStats(keep_features), []
+    files = list_images(folder)
+    for i in range(0, len(files), batch_size):
+        feats, lg = net(read_uint8(files[i:i + batch_size]))
+        stats.update(feats)
+        logits.append(lg.double())
+    return stats, torch.cat(logits)
+
+
+def compute_fid(samples: str, reference: str, weights_path: str | None, kid: bool = False,
+                batch_size: int = 50, kid_subset_size: int = 1000, isc_splits: int = 10) -> dict:
+    """FID (+ IS, + KID when asked) of a sample folder against a folder or an .npz of statistics."""
+    net = inception_extractor(weights_path)
+    sample_stats, logits = inception_stats(net, samples, batch_size, keep_features=kid)
+    if os.path.isdir(reference):
+        ref_stats, _ = inception_stats(net, reference, batch_size, keep_features=kid)
+        ref = {"mu": ref_stats.mu_sigma()[0], "sigma": ref_stats.mu_sigma()[1]}
+        if kid:
+            ref["features"] = np.concatenate(ref_stats.features)
+    else:
+        ref = load_reference(reference)
+    mu, sigma = sample_stats.mu_sigma()
+    result = {"fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), "num_samples": sample_stats.n}
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    isc = isc_features_to_metric(logits, splits=min(isc_splits, len(logits)))
+    result["isc_mean"], result["isc_std"] = float(isc["inception_score_mean"]), float(isc["inception_score_std"])
+    if kid:
+        if "features" not in ref:
+            raise ValueError(f"KID needs reference features; '{reference}' holds only mu/sigma (save it with features)")
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
+        a = torch.from_numpy(np.concatenate(sample_stats.features))
+        b = torch.from_numpy(np.asarray(ref["features"], np.float64))
+        size = min(kid_subset_size, len(a), len(b))
+        k = kid_features_to_metric(a, b, kid_subsets=100, kid_subset_size=size, verbose=False)
+        result["kid_mean"], result["kid_std"] = float(k["kernel_inception_distance_mean"]), float(k["kernel_inception_distance_std"])
+    result["protocol"] = "torch-fidelity inception-v3-compat pool3 features; FID vs " + os.path.basename(reference)
+    return result
