@@ -21,8 +21,11 @@ from vistok.evaluation.lenet import LeNet, class_accuracy, fd_lenet  # noqa: E40
 
 
 def shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=g)).tolist()
-    return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+    """Shift each image independently by up to ``max_shift`` pixels (zero fill = background)."""
+    pad = torch.nn.functional.pad(x, (max_shift,) * 4, value=-1.0)
+    offs = torch.randint(0, 2 * max_shift + 1, (len(x), 2), generator=g).tolist()
+    h, w = x.shape[-2:]
+    return torch.stack([pad[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offs)])
 
 
 def main():

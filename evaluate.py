@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Evaluate releases and sample folders. Each command prints one JSON object as its last line and
+writes it to --out FILE when given.
+
+    python evaluate.py recon    --pipeline checkpoints/NAME [--max-images N]
+    python evaluate.py fid      --samples DIR --reference DIR|stats.npz --inception-weights PATH [--kid] [--save-stats F.npz]
+    python evaluate.py classify --samples DIR [--labels-from DIR/sampling.json]
+"""
+import argparse
+import json
+import os
+import sys
+
+from vistok.config import EvalConfig
+
+DEFAULTS = EvalConfig()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("recon", help="tokenizer metrics on the held-out split: PSNR, SSIM, codebook usage, perplexity, FD-LeNet")
+    r.add_argument("--pipeline", required=True)
+    r.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    r.add_argument("--max-images", type=int, default=DEFAULTS.max_images, help="0: the whole held-out split")
+    r.add_argument("--lenet", default=DEFAULTS.lenet, help="FD-LeNet classifier folder")
+    f = sub.add_parser("fid", help="FID/IS (and KID) with torch-fidelity's inception-v3-compat, local weights")
+    f.add_argument("--samples", required=True, help="folder of PNG/JPEG samples")
+    f.add_argument("--reference", help="folder of reference images, or an .npz with mu/sigma (and features for KID)")
+    f.add_argument("--inception-weights", default=os.environ.get("VISTOK_INCEPTION_WEIGHTS", DEFAULTS.inception_weights),
+                   help="local path of the inception-v3-compat weights (.pth or .safetensors)")
+    f.add_argument("--kid", action="store_true", help="also KID (needs reference features)")
+    f.add_argument("--batch-size", type=int, default=50)
+    f.add_argument("--save-stats", help="write the samples' statistics to this .npz (features too with --kid)")
+    c = sub.add_parser("classify", help="FD-LeNet vs held-out digits, the real-vs-real floor, class accuracy")
+    c.add_argument("--samples", required=True)
+    c.add_argument("--labels-from", help="sampling.json with a 'labels' list (default: SAMPLES/sampling.json when present)")
+    c.add_argument("--lenet", default=DEFAULTS.lenet)
+    for sp in (r, f, c):
+        sp.add_argument("--out", help="also write the JSON result here")
+    args = p.parse_args(argv)
+    try:
+        result = run(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        from vistok.training.checkpoint import atomic_write_json
+
+        atomic_write_json(args.out, result)
+    print(json.dumps(result))
+    return 0
+
+
+def run(args) -> dict:
+    if args.cmd == "recon":
+        from vistok.evaluation.recon import evaluate_reconstruction
+        from vistok.pipeline import Pipeline
+
+        return evaluate_reconstruction(Pipeline.from_pretrained(args.pipeline), args.batch_size, args.max_images, args.lenet)
+    if args.cmd == "fid":
+        from vistok.evaluation.fid import compute_fid, inception_extractor, inception_stats
+
+        if args.save_stats and not args.reference:
+            stats, _ = inception_stats(inception_extractor(args.inception_weights), args.samples, args.batch_size, args.kid)
+            stats.save(args.save_stats)
+            return {"saved": args.save_stats, "num_images": stats.n}
+        if not args.reference:
+            raise ValueError("fid: --reference DIR|stats.npz is required (or --save-stats to only write statistics)")
+        result = compute_fid(args.samples, args.reference, args.inception_weights, kid=args.kid, batch_size=args.batch_size)
+        if args.save_stats:
+            stats, _ = inception_stats(inception_extractor(args.inception_weights), args.samples, args.batch_size, args.kid)
+            stats.save(args.save_stats)
+        return result
+    if args.cmd == "classify":
+        from vistok.evaluation.lenet import evaluate_digit_samples
+
+        labels_file = args.labels_from or os.path.join(args.samples, "sampling.json")
+        labels = None
+        if os.path.isfile(labels_file):
+            with open(labels_file, encoding="utf-8") as fh:
+                labels = json.load(fh).get("labels")
+        return evaluate_digit_samples(args.samples, args.lenet, labels)
+    raise ValueError(args.cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""Release training runs as one pipeline folder (safetensors + JSON, EMA weights when kept).
+
+    python release.py --tokenizer runs/vqgan-mnist --out checkpoints/vqgan-mnist
+    python release.py --tokenizer RUN --generator RUN [--sr RUN] --out checkpoints/NAME
+"""
+import argparse
+import json
+import sys
+
+from vistok.pipeline import release
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", required=True, help="run folder of the tokenizer (runs/<name>)")
+    p.add_argument("--generator", help="run folder of the generator")
+    p.add_argument("--sr", help="run folder of a super-resolution stage")
+    p.add_argument("--out", required=True, help="release folder, e.g. checkpoints/NAME")
+    args = p.parse_args(argv)
+    pipe = release(args.out, tokenizer=args.tokenizer, generator=args.generator, sr=args.sr)
+    print(json.dumps({"released": args.out, "stages": list(pipe.stages)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

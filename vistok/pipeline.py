@@ -1,0 +1,150 @@
+"""Release folders: a pipeline of stages (tokenizer [+ generator] [+ sr]) loaded and saved as a whole.
+
+    checkpoints/NAME/pipeline.json + tokenizer/ [generator/] [sr/] + README.md (model card)
+
+``release(...)`` turns training runs (``runs/<name>`` with config.yaml and checkpoints) into such a
+folder, taking the EMA weights when the run kept them. ``Pipeline.from_pretrained`` loads it back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+from omegaconf import OmegaConf
+
+from vistok import __version__
+from vistok.config import build, validate
+from vistok.modeling import VistokModel, count_parameters, load_weights
+from vistok.training import checkpoint as ckpt
+
+PIPELINE_NAME = "pipeline.json"
+STAGES = ("tokenizer", "generator", "sr")
+STAGE_KIND = {"tokenizer": "tokenizer", "generator": "generator", "sr": "sr"}
+
+
+class Pipeline:
+    def __init__(self, tokenizer: VistokModel, generator: VistokModel | None = None, sr: VistokModel | None = None,
+                 data: dict | None = None, info: dict | None = None):
+        self.tokenizer, self.generator, self.sr = tokenizer, generator, sr
+        self.data = data  # the data config the tokenizer was trained on (defines the held-out split)
+        self.info = info or {}
+
+    @property
+    def stages(self) -> dict:
+        return {name: m for name, m in (("tokenizer", self.tokenizer), ("generator", self.generator), ("sr", self.sr))
+                if m is not None}
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "Pipeline":
+        meta_path = os.path.join(path, PIPELINE_NAME)
+        if not os.path.isfile(meta_path):
+            raise FileNotFoundError(f"'{path}' is not a vistok pipeline: {PIPELINE_NAME} is missing "
+                                    f"(release one with `python release.py --tokenizer RUN --out {path}`)")
+        with open(meta_path, encoding="utf-8") as f:
+            try:
+                meta = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{meta_path}: not valid JSON ({e})") from e
+        stages = meta.get("stages")
+        if not isinstance(stages, dict) or "tokenizer" not in stages:
+            raise ValueError(f"{meta_path}: expected 'stages' with at least a 'tokenizer' entry")
+        loaded = {}
+        for name, sub in stages.items():
+            if name not in STAGES:
+                raise ValueError(f"{meta_path}: unknown stage '{name}'; expected one of {STAGES}")
+            model = VistokModel.from_pretrained(os.path.join(path, sub))
+            if getattr(model, "kind", None) != STAGE_KIND[name]:
+                raise ValueError(f"{os.path.join(path, sub)}: a '{model.model_type}' model ({getattr(model, 'kind', '?')}) "
+                                 f"cannot be the '{name}' stage")
+            loaded[name] = model
+        return cls(**loaded, data=meta.get("data"), info=meta)
+
+    def save_pretrained(self, path: str, card: str | None = None, sources: dict | None = None) -> None:
+        tmp = path.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for name, model in self.stages.items():
+            model.save_pretrained(os.path.join(tmp, name))
+        meta = {"format": "vistok-pipeline", "vistok_version": __version__,
+                "stages": {name: name for name in self.stages}, "data": self.data, "sources": sources or {}}
+        ckpt.atomic_write_json(os.path.join(tmp, PIPELINE_NAME), meta)
+        if card:
+            with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+                f.write(card)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.reconstruct(images)[0].clamp(-1, 1)
+
+    def __call__(self, *args, **kwargs):
+        if self.generator is None:
+            raise ValueError("this pipeline has no generator stage (released with --tokenizer only); "
+                             "use .reconstruct(images), or release it with --generator RUN")
+        raise NotImplementedError("generator stages arrive with the AR generator")
+
+
+def model_from_run(run_dir: str, checkpoint: str | None = None, use_ema: bool = True):
+    """Build a run's model and load its newest complete checkpoint (EMA parameters when kept).
+
+    Returns (model, cfg, info) with info = {"checkpoint", "step", "ema", "summary"}.
+    """
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"'{run_dir}' is not a training run: config.yaml is missing")
+    cfg = validate(OmegaConf.load(cfg_path), source=cfg_path)
+    path = checkpoint or ckpt.resolve_resume("latest", os.path.join(run_dir, "checkpoints"))
+    if not path:
+        raise FileNotFoundError(f"'{run_dir}' has no complete checkpoint under checkpoints/")
+    model = build("model", cfg.model)
+    load_weights(model, os.path.join(path, "model.safetensors"))
+    from vistok.training.ema import ema_state_dict
+
+    ema_state = ema_state_dict(path, model) if use_ema else None
+    if ema_state is not None:
+        model.load_state_dict(ema_state, strict=True)
+    summary_path = os.path.join(run_dir, "train_summary.json")
+    summary = json.load(open(summary_path)) if os.path.isfile(summary_path) else {}
+    info = {"checkpoint": path, "step": ckpt.read_state(path)["step"], "ema": ema_state is not None, "summary": summary}
+    return model.eval(), cfg, info
+
+
+def release(out: str, tokenizer: str, generator: str | None = None, sr: str | None = None) -> Pipeline:
+    runs = {"tokenizer": tokenizer, "generator": generator, "sr": sr}
+    models, cards, sources, data = {}, [], {}, None
+    for name, run in runs.items():
+        if not run:
+            continue
+        model, cfg, info = model_from_run(run)
+        if getattr(model, "kind", None) != STAGE_KIND[name]:
+            raise ValueError(f"--{name} {run}: its model '{model.model_type}' is a {getattr(model, 'kind', '?')}, not a {name}")
+        models[name] = model
+        if name == "tokenizer":
+            data = OmegaConf.to_container(cfg.data)
+        sources[name] = {"run": os.path.abspath(run), "checkpoint": os.path.basename(info["checkpoint"]),
+                         "step": info["step"], "ema": info["ema"]}
+        cards.append(_stage_card(name, model, cfg, info))
+    pipe = Pipeline(**models, data=data)
+    card = f"# vistok pipeline `{os.path.basename(out.rstrip('/'))}`\n\nvistok {__version__}. Load with " \
+           f"`vistok.Pipeline.from_pretrained(\"{out}\")`.\n\n" + "\n".join(cards)
+    pipe.save_pretrained(out, card=card, sources=sources)
+    return pipe
+
+
+def _stage_card(name: str, model, cfg, info: dict) -> str:
+    metrics = {k: v for k, v in info["summary"].get("metrics", {}).items()}
+    lines = [f"## {name}: `{model.model_type}` ({count_parameters(model) / 1e6:.2f}M parameters)", "",
+             f"- trained {info['step']} steps on `{cfg.data.type}` ({dict(cfg.data)}); weights: "
+             f"{'EMA (decay ' + str(cfg.train.ema_decay) + ')' if info['ema'] else 'live (no EMA)'}",
+             f"- checkpoint: `{os.path.basename(info['checkpoint'])}`"]
+    if metrics:
+        lines += ["- metrics at the end of training, on the first "
+                  f"{cfg.train.eval_batches} held-out batches (PSNR: mean of per-image PSNR on [0, 1]; SSIM: 11x11 "
+                  "Gaussian window, sigma 1.5; usage: fraction of codes used); full held-out figures: `evaluate.py recon`:", ""]
+        lines += [f"  | {k} | {v:.4g} |" for k, v in metrics.items()]
+    lines += ["", "<details><summary>training config</summary>", "", "```yaml", OmegaConf.to_yaml(cfg), "```", "</details>", ""]
+    return "\n".join(lines)

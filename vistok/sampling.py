@@ -1,0 +1,41 @@
+"""Writing sampled / reconstructed images: one PNG per image plus a grid."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vistok.data.base import to_unit
+from vistok.training.checkpoint import atomic_write_json
+from vistok.training.logging import save_grid
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """B,C,H,W in [-1, 1] -> B,H,W,C uint8."""
+    return (to_unit(images.float()) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_images(images: torch.Tensor, out: str, start: int = 0, grid_pairs: torch.Tensor | None = None,
+                grid_max: int = 64) -> list[str]:
+    """Write ``out/<index>.png`` and ``out/grid.png`` (with ``grid_pairs``: rows of inputs above outputs)."""
+    os.makedirs(out, exist_ok=True)
+    paths = []
+    for i, arr in enumerate(to_uint8(images)):
+        path = os.path.join(out, f"{start + i:05d}.png")
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+        paths.append(path)
+    g = images[:grid_max]
+    ncol = min(8, len(g))
+    if grid_pairs is not None:
+        x = grid_pairs[:grid_max]
+        rows = [t for i in range(0, len(g), ncol) for t in (x[i:i + ncol], g[i:i + ncol])]
+        g = torch.cat(rows)
+    save_grid(g, os.path.join(out, "grid.png"), nrow=ncol)
+    return paths
+
+
+def write_json(path: str, obj) -> None:
+    atomic_write_json(path, json.loads(json.dumps(obj, default=str)))
