@@ -70,6 +70,7 @@ def main():
     b, o = statistics.median(bare), statistics.median(ours)
     print(json.dumps({"overhead": round(o / b - 1, 4), "bare_steps_per_s": round(args.steps / b, 3),
                       "trainer_steps_per_s": round(args.steps / o, 3), "steps": args.steps, "repeats": args.repeats,
+                      "per_repeat_overhead": [round(y / x - 1, 4) for x, y in zip(bare, ours)],
                       "features": "EMA, tensorboard every 10 steps, 2 checkpoints, bf16, grad clip",
                       "torch_threads": torch.get_num_threads()}))
 

@@ -118,8 +118,6 @@ def train(cfg: DictConfig) -> dict:
     micro = step * t.grad_accum_steps
     epoch, skip = divmod(micro, len(loader))
 
-    if accelerator.is_main_process and accelerator.trackers == [] and t.log_with != "none":
-        pass
     if t.log_with != "none":
         accelerator.init_trackers(cfg.name, config=_flat_hparams(cfg))
     fixed_batch = next(iter(eval_loader))
@@ -136,7 +134,7 @@ def train(cfg: DictConfig) -> dict:
             batches.set_epoch(epoch)
         for batch in batches:
             adversarial = disc is not None and 0 <= t.disc_start <= step
-            with accelerator.accumulate(model, *( [disc] if disc is not None else [] )):
+            with accelerator.accumulate(model, *([disc] if disc is not None else [])):
                 if raw_disc is not None:
                     raw_disc.requires_grad_(False)
                 out = model(batch, step=step, adversarial=adversarial, discriminator=raw_disc)

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Copy the figures in results/*.json into README.md's tables (between <!-- fig:NAME --> markers).
+
+    python scripts/readme_figures.py
+"""
+import json
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name):
+    path = os.path.join(ROOT, "results", name)
+    return json.load(open(path)) if os.path.isfile(path) else None
+
+
+def table(rows):
+    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def main():
+    blocks = {}
+    demo = load("demo_metrics.json")
+    if demo:
+        t = demo["tokenizer"]
+        blocks["demo"] = table([("held-out PSNR (dB)", f"{t['psnr']:.2f}"), ("SSIM", f"{t['ssim']:.4f}"),
+                                ("codebook usage", f"{t['codebook_usage']:.1%}"), ("perplexity", f"{t['perplexity']:.0f}"),
+                                ("FD-LeNet (reconstructions vs originals)", f"{t['fd_lenet']:.2f}"),
+                                ("training time (s)", f"{demo['train']['seconds']:.0f} ({demo['train']['steps']} steps, "
+                                                      f"{demo['train']['steps_per_second']} steps/s)"),
+                                ("whole demo stages (s)", json.dumps(demo["timings_seconds"]))])
+    lenet = load("fd_lenet.json")
+    if lenet:
+        blocks["lenet"] = table([("held-out accuracy (500 digits)", f"{lenet['heldout_accuracy']:.1%}"),
+                                 ("FD floor: 500 real training digits vs the 500 held-out", f"{lenet['fd_floor_500_train_vs_heldout']:.1f}"),
+                                 ("FD: held-out digits blurred (sigma 1) vs themselves", f"{lenet['fd_blur_sigma1']:.0f}"),
+                                 ("FD: uniform noise vs held-out", f"{lenet['fd_uniform_noise']:.0f}")])
+    bench = load("trainer_overhead.json")
+    if bench:
+        blocks["bench"] = table([("overhead (trainer time / bare loop time - 1)", f"{bench['overhead']:+.1%}"),
+                                 ("bare loop steps/s", bench["bare_steps_per_s"]),
+                                 ("trainer steps/s", bench["trainer_steps_per_s"]), ("steps x repeats", f"{bench['steps']} x {bench['repeats']}")])
+    path = os.path.join(ROOT, "README.md")
+    text = open(path).read()
+    for name, body in blocks.items():
+        pattern = re.compile(rf"<!-- fig:{name} -->.*?<!-- /fig:{name} -->", re.S)
+        text = pattern.sub(lambda _: f"<!-- fig:{name} -->\n{body}\n<!-- /fig:{name} -->", text)
+    open(path, "w").write(text)
+    print(json.dumps({"updated": sorted(blocks)}))
+
+
+if __name__ == "__main__":
+    main()
