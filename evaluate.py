@@ -67,11 +67,8 @@ def run(args) -> dict:
             return {"saved": args.save_stats, "num_images": stats.n}
         if not args.reference:
             raise ValueError("fid: --reference DIR|stats.npz is required (or --save-stats to only write statistics)")
-        result = compute_fid(args.samples, args.reference, args.inception_weights, kid=args.kid, batch_size=args.batch_size)
-        if args.save_stats:
-            stats, _ = inception_stats(inception_extractor(args.inception_weights), args.samples, args.batch_size, args.kid)
-            stats.save(args.save_stats)
-        return result
+        return compute_fid(args.samples, args.reference, args.inception_weights, kid=args.kid,
+                           batch_size=args.batch_size, save_stats=args.save_stats)
     if args.cmd == "classify":
         from vistok.evaluation.lenet import evaluate_digit_samples
 

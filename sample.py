@@ -1,37 +1,91 @@
 #!/usr/bin/env python
 """Sample from a released pipeline.
 
-    python sample.py --pipeline checkpoints/NAME --out DIR [--num-images N] [--seed S]
+    # generator pipelines: class-conditional samples
+    python sample.py --pipeline checkpoints/NAME --out DIR --per-class 50 --cfg-scale 2 [--cfg-schedule linear]
+        [--temperature 1] [--top-k 0] [--top-p 1] [--seed 0] [--npz] [--no-cache]
+    python sample.py --pipeline checkpoints/NAME --out DIR --class-labels 3 3 7
+    # tokenizer-only pipelines: reconstructions of the first N held-out images
+    python sample.py --pipeline checkpoints/NAME --out DIR --num-images 64
 
-A tokenizer-only pipeline reconstructs the first N held-out images of the data it was trained on and
-writes DIR/<index>.png (reconstructions), DIR/grid.png (inputs above reconstructions) and
-DIR/sampling.json (every setting, so the run can be reproduced).
+Writes DIR/<index>.png, DIR/grid.png and DIR/sampling.json (every setting and, for class-conditional
+samples, the label of each image, so a number can be reproduced). Same seed, same images: image i
+always comes from batch i // batch-size, whose generator is seeded with seed + that batch index.
 """
 import argparse
 import json
 import os
 import sys
+import time
 
+import numpy as np
 import torch
 
 from vistok.data.base import build_dataset
 from vistok.pipeline import Pipeline
-from vistok.sampling import save_images, write_json
+from vistok.sampling import class_grid, save_images, to_uint8, write_json
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--num-images", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-images", type=int, default=64, help="images (class labels cycle 0..K-1 for generators)")
+    p.add_argument("--per-class", type=int, help="generators: this many images of every class")
+    p.add_argument("--class-labels", type=int, nargs="+", help="generators: exactly these labels")
+    p.add_argument("--cfg-scale", type=float, default=1.0)
+    p.add_argument("--cfg-schedule", choices=("constant", "linear"), default="constant")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="recompute every token (reference; slow)")
+    p.add_argument("--npz", action="store_true", help="also write samples.npz (uint8 arr_0, ADM FID suite layout)")
     args = p.parse_args(argv)
-    torch.manual_seed(args.seed)
     pipe = Pipeline.from_pretrained(args.pipeline)
-    if pipe.generator is not None:
-        print("error: generator sampling arrives with the AR generator", file=sys.stderr)
+    t0 = time.time()
+    try:
+        if pipe.generator is None:
+            settings = reconstruct(pipe, args)
+        else:
+            settings = generate(pipe, args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    settings.update(pipeline=os.path.abspath(args.pipeline), seed=args.seed, seconds=round(time.time() - t0, 2))
+    write_json(os.path.join(args.out, "sampling.json"), settings)
+    print(json.dumps({"out": args.out, "num_images": settings["num_images"], "grid": os.path.join(args.out, "grid.png"),
+                      "seconds": settings["seconds"]}))
+    return 0
+
+
+def generate(pipe, args) -> dict:
+    k = pipe.generator.num_classes
+    if args.class_labels:
+        labels = args.class_labels
+    elif args.per_class:
+        labels = [c for c in range(k) for _ in range(args.per_class)]
+    else:
+        labels = [i % k for i in range(args.num_images)]
+    bad = [c for c in labels if not 0 <= c < k]
+    if bad:
+        raise ValueError(f"--class-labels {bad[:5]} out of range: this generator has classes 0..{k - 1}")
+    sampling = dict(cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)
+    images = []
+    for bi, i in enumerate(range(0, len(labels), args.batch_size)):
+        images.append(pipe(labels[i:i + args.batch_size], seed=args.seed + bi, **sampling))
+    images = torch.cat(images)
+    per_class = min(8, max(labels.count(c) for c in set(labels)))
+    save_images(images, args.out, grid=class_grid(images, labels, per_class), grid_ncol=per_class)
+    if args.npz:
+        arr = to_uint8(images)
+        np.savez(os.path.join(args.out, "samples.npz"), arr_0=arr if arr.shape[-1] == 3 else np.repeat(arr, 3, -1))
+    return {"mode": "generate", "num_images": len(labels), "labels": labels, "batch_size": args.batch_size, **sampling}
+
+
+def reconstruct(pipe, args) -> dict:
     data = build_dataset(pipe.data, "test")
     n = min(args.num_images, len(data))
     inputs, recons = [], []
@@ -40,13 +94,8 @@ def main(argv=None) -> int:
             x = torch.stack([data[j]["image"] for j in range(i, min(n, i + args.batch_size))])
             inputs.append(x)
             recons.append(pipe.reconstruct(x))
-    x, xr = torch.cat(inputs), torch.cat(recons)
-    save_images(xr, args.out, grid_pairs=x)
-    settings = {"pipeline": os.path.abspath(args.pipeline), "mode": "reconstruct", "num_images": n,
-                "split": "test", "data": pipe.data, "seed": args.seed}
-    write_json(os.path.join(args.out, "sampling.json"), settings)
-    print(json.dumps({"out": args.out, "num_images": n, "grid": os.path.join(args.out, "grid.png")}))
-    return 0
+    save_images(torch.cat(recons), args.out, grid_pairs=torch.cat(inputs))
+    return {"mode": "reconstruct", "num_images": n, "split": "test", "data": pipe.data}
 
 
 if __name__ == "__main__":

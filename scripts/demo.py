@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """`make demo`: the embedded pipeline end to end on the CPU, through the same CLIs a user runs.
 
-    train (configs/vqgan/mnist.yaml) -> release.py -> sample.py -> evaluate.py recon -> report
+    tokenizer: train (configs/vqgan/mnist.yaml) -> release.py -> sample.py (reconstructions) -> evaluate.py recon
+    generator: train (configs/ar/mnist.yaml, on the cached codes) -> release.py (tokenizer + generator)
+               -> sample.py (50 per class, with and without CFG) -> evaluate.py classify -> report
 
-Writes runs/demo/metrics.json ({"tokenizer": {...}}), runs/demo/report.md (with pictures) and a copy
-of the metrics in results/demo_metrics.json. Re-running resumes an interrupted training run
+Writes runs/demo/metrics.json ({"tokenizer": {...}, "generator": {...}}), runs/demo/report.md (with
+pictures) and a copy of the metrics in results/demo_metrics.json. Re-running resumes an interrupted training run
 (train.resume=latest) and redoes the cheap stages. --quick trains a tiny model for a smoke test.
 """
 import argparse
@@ -18,6 +20,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["train.max_steps=30", "model.ch=8", "model.z_channels=16", "model.codebook_size=64", "train.eval_every=15",
          "train.image_every=15", "train.checkpoint_every=15", "train.batch_size=32"]
+QUICK_GEN = ["train.max_steps=20", "model.vocab_size=64", "model.dim=32", "model.depth=1", "model.heads=2",
+             "train.eval_every=10", "train.image_every=10", "train.checkpoint_every=10", "train.batch_size=32"]
+CFG_SCALE = 2.0
 
 
 def stage(name, timings, args):
@@ -36,7 +41,7 @@ def stage(name, timings, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--release", default="checkpoints/demo")
+    p.add_argument("--release", default="checkpoints/demo", help="the full pipeline; the tokenizer alone goes to <release>-tokenizer")
     p.add_argument("--quick", action="store_true", help="tiny model, 30 steps: a smoke test of the whole chain")
     p.add_argument("--results", default=None, help="also copy metrics.json here (default results/demo_metrics.json; "
                                                    "not written with --quick)")
@@ -50,16 +55,38 @@ def main():
     train_args = ["train.py", "--config", "configs/vqgan/mnist.yaml", f"train.output_dir={run_dir}",
                   "train.resume=latest", "train.progress=false"] + (QUICK if args.quick else [])
     summary = stage("train tokenizer", timings, train_args)
-    stage("release", timings, ["release.py", "--tokenizer", run_dir, "--out", rel])
-    stage("sample", timings, ["sample.py", "--pipeline", rel, "--out", os.path.join(out, "samples"), "--num-images", "64"])
-    recon = stage("evaluate", timings, ["evaluate.py", "recon", "--pipeline", rel,
-                                        "--out", os.path.join(out, "eval_tokenizer.json")])
+    rel_tok = rel.rstrip("/") + "-tokenizer"
+    stage("release tokenizer", timings, ["release.py", "--tokenizer", run_dir, "--out", rel_tok])
+    stage("reconstruct", timings, ["sample.py", "--pipeline", rel_tok, "--out", os.path.join(out, "samples"),
+                                   "--num-images", "64"])
+    recon = stage("evaluate tokenizer", timings, ["evaluate.py", "recon", "--pipeline", rel_tok,
+                                                  "--out", os.path.join(out, "eval_tokenizer.json")])
+    gen_dir = os.path.join(out, "generator")
+    gen_summary = stage("train generator", timings, [
+        "train.py", "--config", "configs/ar/mnist.yaml", f"data.tokenizer={rel_tok}", f"train.output_dir={gen_dir}",
+        "train.resume=latest", "train.progress=false"] + (QUICK_GEN if args.quick else []))
+    stage("release pipeline", timings, ["release.py", "--tokenizer", run_dir, "--generator", gen_dir, "--out", rel])
+    gen = {}
+    for name, scale in (("cfg", CFG_SCALE), ("no_cfg", 1.0)):
+        folder = os.path.join(out, f"samples_{name}")
+        stage(f"sample {name}", timings, ["sample.py", "--pipeline", rel, "--out", folder, "--per-class", "50",
+                                          "--cfg-scale", str(scale), "--seed", "0"])
+        gen[name] = stage(f"classify {name}", timings, ["evaluate.py", "classify", "--samples", folder,
+                                                       "--out", os.path.join(out, f"eval_generator_{name}.json")])
     keys = ("psnr", "ssim", "codebook_usage", "perplexity", "fd_lenet", "num_images")
     metrics = {"tokenizer": {k: recon[k] for k in keys if k in recon}}
     metrics["tokenizer"]["protocol"] = recon["protocol"]
+    c, u = gen["cfg"], gen["no_cfg"]
+    metrics["generator"] = {"class_accuracy": c["class_accuracy"], "fd_lenet": c["fd_lenet"],
+                            "fd_lenet_floor": c["fd_lenet_floor"], "cfg_scale": CFG_SCALE,
+                            "class_accuracy_no_cfg": u["class_accuracy"], "fd_lenet_no_cfg": u["fd_lenet"],
+                            "num_samples": c["num_samples"], "protocol": c["protocol"] + "; 50 samples per class, "
+                            "temperature 1, no top-k/top-p, seed 0"}
     metrics["timings_seconds"] = timings
     metrics["train"] = {"steps": summary.get("step"), "steps_per_second": summary.get("steps_per_second"),
                         "seconds": summary.get("seconds")}
+    metrics["train_generator"] = {"steps": gen_summary.get("step"), "steps_per_second": gen_summary.get("steps_per_second"),
+                                  "seconds": gen_summary.get("seconds")}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     results = args.results or (None if args.quick else os.path.join("results", "demo_metrics.json"))
@@ -69,9 +96,10 @@ def main():
     write_report(out, run_dir, rel, metrics)
     total = round(time.time() - t_all, 1)
     print(f"\nstage times (s): {json.dumps(timings)}; total {total} s")
-    print(f"reconstruction grid: {os.path.join(out, 'samples', 'grid.png')}")
+    print(f"reconstruction grid: {os.path.join(out, 'samples', 'grid.png')}; "
+          f"samples: {os.path.join(out, 'samples_cfg', 'grid.png')}")
     print(f"metrics: {os.path.join(out, 'metrics.json')}; report: {os.path.join(out, 'report.md')}")
-    print(json.dumps(metrics["tokenizer"]))
+    print(json.dumps({k: metrics[k] for k in ("tokenizer", "generator")}))
 
 
 def write_report(out, run_dir, rel, metrics):
@@ -86,6 +114,16 @@ def write_report(out, run_dir, rel, metrics):
               "## Reconstructions (odd rows: held-out inputs; even rows: reconstructions)", "",
               "![reconstructions](samples/grid.png)", "", "## During training (EMA weights; inputs above reconstructions)", ""]
     lines += [f"![{g}](tokenizer/samples/{g})" for g in grids]
+    g = metrics["generator"]
+    lines += ["", "## Class-conditional generator (500 samples, 50 per class)", "",
+              f"AR GPT over the tokenizer's 8x8 codes ({metrics['train_generator']['steps']} steps, "
+              f"{metrics['train_generator']['seconds']} s).", "",
+              "| figure | CFG " + str(g["cfg_scale"]) + " | no CFG |", "|---|---|---|",
+              f"| LeNet reads the requested digit | {g['class_accuracy']:.1%} | {g['class_accuracy_no_cfg']:.1%} |",
+              f"| FD-LeNet vs held-out digits | {g['fd_lenet']:.1f} | {g['fd_lenet_no_cfg']:.1f} |",
+              f"| FD-LeNet floor (500 real training digits) | {g['fd_lenet_floor']:.1f} | {g['fd_lenet_floor']:.1f} |", "",
+              "Samples with CFG (row k: the first 8 samples of digit k):", "",
+              "![samples](samples_cfg/grid.png)"]
     lines += ["", "## Stage times (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in metrics["timings_seconds"].items()]
     with open(os.path.join(out, "report.md"), "w") as f:

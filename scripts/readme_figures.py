@@ -30,6 +30,14 @@ def main():
                                 ("training time (s)", f"{demo['train']['seconds']:.0f} ({demo['train']['steps']} steps, "
                                                       f"{demo['train']['steps_per_second']} steps/s)"),
                                 ("whole demo stages (s)", json.dumps(demo["timings_seconds"]))])
+    if demo and "generator" in demo:
+        g = demo["generator"]
+        blocks["generator"] = "\n".join([
+            f"| figure | CFG {g['cfg_scale']} | no CFG |", "|---|---|---|",
+            f"| LeNet reads the requested digit (500 samples) | {g['class_accuracy']:.1%} | {g['class_accuracy_no_cfg']:.1%} |",
+            f"| FD-LeNet vs the 500 held-out digits | {g['fd_lenet']:.1f} | {g['fd_lenet_no_cfg']:.1f} |",
+            f"| floor: 500 real training digits vs the same | {g['fd_lenet_floor']:.1f} | {g['fd_lenet_floor']:.1f} |",
+            f"| generator training (s) | {demo['train_generator']['seconds']:.0f} ({demo['train_generator']['steps']} steps) | |"])
     lenet = load("fd_lenet.json")
     if lenet:
         blocks["lenet"] = table([("held-out accuracy (500 digits)", f"{lenet['heldout_accuracy']:.1%}"),
@@ -38,7 +46,9 @@ def main():
                                  ("FD: uniform noise vs held-out", f"{lenet['fd_uniform_noise']:.0f}")])
     bench = load("trainer_overhead.json")
     if bench:
-        blocks["bench"] = table([("overhead (trainer time / bare loop time - 1)", f"{bench['overhead']:+.1%}"),
+        blocks["bench"] = table([("overhead: median of paired ratios (trainer time / bare loop time - 1)", f"{bench['overhead']:+.1%}"),
+                                 ("ratio of the medians - 1", f"{bench['ratio_of_medians']:+.1%}"),
+                                 ("per-repeat ratios", ", ".join(f"{r:+.1%}" for r in bench["per_repeat_overhead"])),
                                  ("bare loop steps/s", bench["bare_steps_per_s"]),
                                  ("trainer steps/s", bench["trainer_steps_per_s"]), ("steps x repeats", f"{bench['steps']} x {bench['repeats']}")])
     path = os.path.join(ROOT, "README.md")

@@ -1,7 +1,6 @@
 """Datasets: the fixed MNIST split, ShapesWorld determinism and metadata, image folders and bad images."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

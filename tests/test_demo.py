@@ -1,20 +1,52 @@
-"""`make demo`'s whole chain (train -> release -> sample -> evaluate -> report) in --quick mode."""
+"""`make demo`'s whole chain in --quick mode: tokenizer train -> release -> reconstruct -> evaluate;
+generator train on cached codes -> pipeline release -> class-conditional sampling -> classify -> report."""
 import json
 import os
+
+import pytest
+from PIL import Image
+
+import numpy as np
 
 from tests.conftest import run_cli
 
 
-def test_demo_quick_writes_the_contract(tmp_path):
-    out, rel = tmp_path / "demo", tmp_path / "rel"
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    out, rel = root / "demo", root / "rel"
     proc = run_cli(["scripts/demo.py", "--quick", "--out", str(out), "--release", str(rel)])
+    return out, rel, proc
+
+
+def test_demo_quick_writes_the_contract(quick_demo):
+    out, rel, proc = quick_demo
     metrics = json.loads((out / "metrics.json").read_text())
-    tok = metrics["tokenizer"]
+    tok, gen = metrics["tokenizer"], metrics["generator"]
     for key in ("psnr", "ssim", "codebook_usage", "perplexity", "fd_lenet"):
         assert isinstance(tok[key], float), key
+    for key in ("class_accuracy", "fd_lenet", "fd_lenet_floor"):
+        assert isinstance(gen[key], float), key
     assert tok["psnr"] > 10 and 0 < tok["codebook_usage"] <= 1  # 30 tiny steps: learnt something, not much
-    assert set(metrics["timings_seconds"]) >= {"train tokenizer", "release", "sample", "evaluate"}
+    assert gen["num_samples"] == 500 and gen["fd_lenet_floor"] < gen["fd_lenet"]
+    assert {"train tokenizer", "release pipeline", "train generator", "classify cfg"} <= set(metrics["timings_seconds"])
     report = (out / "report.md").read_text()
-    assert "samples/grid.png" in report and os.path.isfile(out / "samples" / "grid.png")
-    assert os.path.isfile(rel / "pipeline.json") and os.path.isfile(rel / "tokenizer" / "model.safetensors")
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {k: v for k, v in tok.items()}
+    assert "samples/grid.png" in report and "samples_cfg/grid.png" in report
+    assert os.path.isfile(out / "samples_cfg" / "grid.png")
+    meta = json.loads((rel / "pipeline.json").read_text())
+    assert set(meta["stages"]) == {"tokenizer", "generator"}
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"tokenizer": tok, "generator": gen}
+
+
+def test_same_seed_same_images_and_labels_recorded(quick_demo, tmp_path):
+    _, rel, _ = quick_demo
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        run_cli(["sample.py", "--pipeline", str(rel), "--out", str(tmp_path / name), "--class-labels", "1", "2", "3",
+                 "--seed", str(seed), "--cfg-scale", "2", "--top-k", "10", "--npz"])
+    read = lambda n: np.stack([np.asarray(Image.open(tmp_path / n / f"{i:05d}.png")) for i in range(3)])  # noqa: E731
+    assert np.array_equal(read("a"), read("b")) and not np.array_equal(read("a"), read("c"))
+    settings = json.loads((tmp_path / "a" / "sampling.json").read_text())
+    assert settings["labels"] == [1, 2, 3] and settings["cfg_scale"] == 2.0 and settings["top_k"] == 10
+    assert np.load(tmp_path / "a" / "samples.npz")["arr_0"].shape == (3, 32, 32, 3)
+    bad = run_cli(["sample.py", "--pipeline", str(rel), "--out", str(tmp_path / "d"), "--class-labels", "10"], check=False)
+    assert bad.returncode == 2 and "out of range" in bad.stderr

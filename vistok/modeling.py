@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 from huggingface_hub import PyTorchModelHubMixin
 from safetensors import SafetensorError
@@ -126,7 +125,3 @@ def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module.eval()
-
-
-def autocast_off(device_type: str = "cpu"):
-    return torch.autocast(device_type=device_type, enabled=False)

@@ -20,8 +20,7 @@ from vistok.modeling import VistokModel, count_parameters, load_weights
 from vistok.training import checkpoint as ckpt
 
 PIPELINE_NAME = "pipeline.json"
-STAGES = ("tokenizer", "generator", "sr")
-STAGE_KIND = {"tokenizer": "tokenizer", "generator": "generator", "sr": "sr"}
+STAGES = ("tokenizer", "generator", "sr")  # a stage's name is also the ``kind`` its model class declares
 
 
 class Pipeline:
@@ -55,10 +54,11 @@ class Pipeline:
             if name not in STAGES:
                 raise ValueError(f"{meta_path}: unknown stage '{name}'; expected one of {STAGES}")
             model = VistokModel.from_pretrained(os.path.join(path, sub))
-            if getattr(model, "kind", None) != STAGE_KIND[name]:
+            if getattr(model, "kind", None) != name:
                 raise ValueError(f"{os.path.join(path, sub)}: a '{model.model_type}' model ({getattr(model, 'kind', '?')}) "
                                  f"cannot be the '{name}' stage")
             loaded[name] = model
+        check_compatible(loaded.get("tokenizer"), loaded.get("generator"))
         return cls(**loaded, data=meta.get("data"), info=meta)
 
     def save_pretrained(self, path: str, card: str | None = None, sources: dict | None = None) -> None:
@@ -81,11 +81,22 @@ class Pipeline:
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.reconstruct(images)[0].clamp(-1, 1)
 
-    def __call__(self, *args, **kwargs):
+    @torch.no_grad()
+    def generate_codes(self, class_labels, seed: int | None = None, **sampling) -> torch.Tensor:
         if self.generator is None:
             raise ValueError("this pipeline has no generator stage (released with --tokenizer only); "
                              "use .reconstruct(images), or release it with --generator RUN")
-        raise NotImplementedError("generator stages arrive with the AR generator")
+        device = next(self.generator.parameters()).device
+        labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
+        g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        return self.generator.sample(labels, generator=g, **sampling)
+
+    @torch.no_grad()
+    def __call__(self, class_labels, seed: int | None = None, **sampling) -> torch.Tensor:
+        """Class labels -> images B,C,H,W in [-1, 1]. ``sampling``: cfg_scale, cfg_schedule, temperature,
+        top_k, top_p, use_cache. The same seed gives the same images."""
+        codes = self.generate_codes(class_labels, seed=seed, **sampling)
+        return self.tokenizer.decode(codes).clamp(-1, 1)
 
 
 def model_from_run(run_dir: str, checkpoint: str | None = None, use_ema: bool = True):
@@ -120,7 +131,7 @@ def release(out: str, tokenizer: str, generator: str | None = None, sr: str | No
         if not run:
             continue
         model, cfg, info = model_from_run(run)
-        if getattr(model, "kind", None) != STAGE_KIND[name]:
+        if getattr(model, "kind", None) != name:
             raise ValueError(f"--{name} {run}: its model '{model.model_type}' is a {getattr(model, 'kind', '?')}, not a {name}")
         models[name] = model
         if name == "tokenizer":
@@ -128,11 +139,22 @@ def release(out: str, tokenizer: str, generator: str | None = None, sr: str | No
         sources[name] = {"run": os.path.abspath(run), "checkpoint": os.path.basename(info["checkpoint"]),
                          "step": info["step"], "ema": info["ema"]}
         cards.append(_stage_card(name, model, cfg, info))
+    check_compatible(models.get("tokenizer"), models.get("generator"))
     pipe = Pipeline(**models, data=data)
     card = f"# vistok pipeline `{os.path.basename(out.rstrip('/'))}`\n\nvistok {__version__}. Load with " \
            f"`vistok.Pipeline.from_pretrained(\"{out}\")`.\n\n" + "\n".join(cards)
     pipe.save_pretrained(out, card=card, sources=sources)
     return pipe
+
+
+def check_compatible(tokenizer, generator) -> None:
+    """A generator must speak its tokenizer's vocabulary on its token grid."""
+    if tokenizer is None or generator is None:
+        return
+    if generator.vocab_size != tokenizer.codebook_size:
+        raise ValueError(f"generator vocab_size {generator.vocab_size} != tokenizer codebook_size {tokenizer.codebook_size}")
+    if tuple(generator.token_shape) != tuple(tokenizer.token_shape):
+        raise ValueError(f"generator token_shape {tuple(generator.token_shape)} != tokenizer token_shape {tuple(tokenizer.token_shape)}")
 
 
 def _stage_card(name: str, model, cfg, info: dict) -> str:
@@ -145,6 +167,6 @@ def _stage_card(name: str, model, cfg, info: dict) -> str:
         lines += ["- metrics at the end of training, on the first "
                   f"{cfg.train.eval_batches} held-out batches (PSNR: mean of per-image PSNR on [0, 1]; SSIM: 11x11 "
                   "Gaussian window, sigma 1.5; usage: fraction of codes used); full held-out figures: `evaluate.py recon`:", ""]
-        lines += [f"  | {k} | {v:.4g} |" for k, v in metrics.items()]
+        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
     lines += ["", "<details><summary>training config</summary>", "", "```yaml", OmegaConf.to_yaml(cfg), "```", "</details>", ""]
     return "\n".join(lines)

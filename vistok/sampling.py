@@ -18,15 +18,28 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return (to_unit(images.float()) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+def class_grid(images: torch.Tensor, labels: list[int], per_class: int = 8, max_classes: int = 16) -> torch.Tensor:
+    """Up to ``per_class`` images of each class, one row per class, classes in increasing order."""
+    rows = []
+    for c in sorted(set(labels))[:max_classes]:
+        idx = [i for i, lab in enumerate(labels) if lab == c][:per_class]
+        rows.append(images[idx])
+    return torch.cat(rows)
+
+
 def save_images(images: torch.Tensor, out: str, start: int = 0, grid_pairs: torch.Tensor | None = None,
-                grid_max: int = 64) -> list[str]:
-    """Write ``out/<index>.png`` and ``out/grid.png`` (with ``grid_pairs``: rows of inputs above outputs)."""
+                grid_max: int = 64, grid: torch.Tensor | None = None, grid_ncol: int = 8) -> list[str]:
+    """Write ``out/<index>.png`` and ``out/grid.png`` (with ``grid_pairs``: rows of inputs above outputs;
+    with ``grid``: exactly those images)."""
     os.makedirs(out, exist_ok=True)
     paths = []
     for i, arr in enumerate(to_uint8(images)):
         path = os.path.join(out, f"{start + i:05d}.png")
         Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
         paths.append(path)
+    if grid is not None:
+        save_grid(grid, os.path.join(out, "grid.png"), nrow=grid_ncol)
+        return paths
     g = images[:grid_max]
     ncol = min(8, len(g))
     if grid_pairs is not None:

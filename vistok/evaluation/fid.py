@@ -155,10 +155,14 @@ def inception_stats(net, folder: str, batch_size: int = 50, keep_features: bool 
 
 
 def compute_fid(samples: str, reference: str, weights_path: str | None, kid: bool = False,
-                batch_size: int = 50, kid_subset_size: int = 1000, isc_splits: int = 10) -> dict:
-    """FID (+ IS, + KID when asked) of a sample folder against a folder or an .npz of statistics."""
+                batch_size: int = 50, kid_subset_size: int = 1000, isc_splits: int = 10,
+                save_stats: str | None = None) -> dict:
+    """FID (+ IS, + KID when asked) of a sample folder against a folder or an .npz of statistics;
+    ``save_stats`` also writes the samples' statistics (with features when ``kid``)."""
     net = inception_extractor(weights_path)
     sample_stats, logits = inception_stats(net, samples, batch_size, keep_features=kid)
+    if save_stats:
+        sample_stats.save(save_stats)
     if os.path.isdir(reference):
         ref_stats, _ = inception_stats(net, reference, batch_size, keep_features=kid)
         ref = {"mu": ref_stats.mu_sigma()[0], "sigma": ref_stats.mu_sigma()[1]}

@@ -5,7 +5,6 @@ so the downsampling factor is 2 ** (len(ch_mult) - 1). LlamaGen VQ-16: ch 128, c
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -106,7 +106,7 @@ class VQGAN(VistokModel):
         return meter.compute()
 
     @torch.no_grad()
-    def visualize(self, batch: dict, n: int = 8) -> torch.Tensor:
+    def visualize(self, batch: dict, n: int = 8, **_) -> torch.Tensor:
         """Inputs (top row) over reconstructions (bottom row), model range."""
         x = batch["image"][:n]
         return torch.cat([x, self.reconstruct(x)[0].clamp(-1, 1)])

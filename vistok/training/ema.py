@@ -14,7 +14,7 @@ EMA_WEIGHTS, EMA_META = "ema.safetensors", "ema.json"
 
 
 def attach_ema(accelerator, model: torch.nn.Module, decay: float) -> EMAModel:
-    ema = EMAModel(model.parameters(), decay=decay)
+    ema = EMAModel(model.parameters(), decay=decay, foreach=True)
     names = [n for n, _ in model.named_parameters()]
 
     def save_hook(models, weights, output_dir):

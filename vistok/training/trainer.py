@@ -183,7 +183,9 @@ def train(cfg: DictConfig) -> dict:
                 accelerator.log(last_metrics, step=step)
                 logger.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()))
             if t.image_every and step % t.image_every == 0 and hasattr(raw, "visualize") and accelerator.is_main_process:
-                _images(accelerator, raw, ema, fixed_batch, os.path.join(out_dir, "samples", f"step-{step:07d}.png"), step)
+                extras = {"decode": train_set.decode} if hasattr(train_set, "decode") else {}
+                _images(accelerator, raw, ema, fixed_batch, os.path.join(out_dir, "samples", f"step-{step:07d}.png"),
+                        step, **extras)
             if step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if step % t.checkpoint_every == 0 or step == t.max_steps:
@@ -250,17 +252,20 @@ def _evaluate(accelerator, raw, ema, eval_loader, max_batches: int) -> dict:
     return metrics
 
 
-def _images(accelerator, raw, ema, batch, path: str, step: int) -> None:
+def _images(accelerator, raw, ema, batch, path: str, step: int, **extras) -> None:
     was_training = raw.training
     raw.eval()
     if ema is not None:
         ema.store(raw.parameters())
         ema.copy_to(raw.parameters())
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        grid = raw.visualize(batch).float()
+        grid = raw.visualize(batch, **extras)
     if ema is not None:
         ema.restore(raw.parameters())
     raw.train(was_training)
+    if grid is None:  # the model cannot draw itself (e.g. a generator without a decoder)
+        return
+    grid = grid.float()
     save_grid(grid, path, nrow=len(grid) // 2)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":

@@ -1,0 +1,72 @@
+"""Pre-tokenized datasets: encode a split once with a released tokenizer, cache the codes, train on them.
+
+``data: {type: tokens, tokenizer: checkpoints/NAME}`` reads the tokenizer release, builds the data it
+was trained on (pipeline.json ``data``) and encodes each split once. The cache is a safetensors file
+(``codes`` int32 N,h,w and ``labels`` int64 N) keyed by a hash of the tokenizer weights and the split,
+written atomically next to the release (``<release>/token_cache/``), so a changed tokenizer never
+reuses stale codes. ``decode`` turns codes back into images (image grids while training).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from vistok.registry import register_dataset
+
+
+def _file_hash(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_dataset(tokenizer, dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    codes, labels = [], []
+    for i in range(0, len(dataset), batch_size):
+        items = [dataset[j] for j in range(i, min(len(dataset), i + batch_size))]
+        codes.append(tokenizer.encode(torch.stack([it["image"] for it in items])).to(torch.int32))
+        labels.append(torch.tensor([it["label"] for it in items], dtype=torch.long))
+    return torch.cat(codes), torch.cat(labels)
+
+
+@register_dataset("tokens")
+class TokenDataset(Dataset):
+    def __init__(self, tokenizer: str, split: str = "train", batch_size: int = 256):
+        from vistok.data.base import build_dataset
+        from vistok.pipeline import Pipeline
+
+        pipe = Pipeline.from_pretrained(tokenizer)
+        self.tokenizer = pipe.tokenizer.eval()
+        weights = os.path.join(tokenizer, "tokenizer", "model.safetensors")
+        cache = os.path.join(tokenizer, "token_cache", f"{split}-{_file_hash(weights)}.safetensors")
+        if os.path.isfile(cache):
+            data = load_file(cache)
+        else:
+            codes, labels = encode_dataset(self.tokenizer, build_dataset(pipe.data, split), batch_size)
+            data = {"codes": codes, "labels": labels}
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            tmp = cache + f".{os.getpid()}.tmp"
+            save_file(data, tmp)
+            os.replace(tmp, cache)
+        self.codes, self.labels = data["codes"].long(), data["labels"]
+        self.split, self.cache = split, cache
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"codes": self.codes[i], "label": int(self.labels[i])}
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode(codes.to(next(self.tokenizer.parameters()).device)).clamp(-1, 1)
+
+    def __repr__(self) -> str:
+        return f"TokenDataset({self.cache!r}, n={len(self)})"
