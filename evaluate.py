@@ -5,6 +5,7 @@ writes it to --out FILE when given.
     python evaluate.py recon    --pipeline checkpoints/NAME [--max-images N]
     python evaluate.py fid      --samples DIR --reference DIR|stats.npz --inception-weights PATH [--kid] [--save-stats F.npz]
     python evaluate.py classify --samples DIR [--labels-from DIR/sampling.json]
+    python evaluate.py geneval  --samples DIR [--detector shapes] [--ceiling]
 """
 import argparse
 import json
@@ -36,7 +37,11 @@ def main(argv=None) -> int:
     c.add_argument("--samples", required=True)
     c.add_argument("--labels-from", help="sampling.json with a 'labels' list (default: SAMPLES/sampling.json when present)")
     c.add_argument("--lenet", default=DEFAULTS.lenet)
-    for sp in (r, f, c):
+    g = sub.add_parser("geneval", help="GenEval score of a folder in the official layout (<00000>/metadata.jsonl + samples/)")
+    g.add_argument("--samples", required=True)
+    g.add_argument("--detector", default="shapes", help="'shapes': the exact ShapesWorld detector")
+    g.add_argument("--ceiling", action="store_true", help="also score real scenes rendered for the same prompts")
+    for sp in (r, f, c, g):
         sp.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
     try:
@@ -78,6 +83,19 @@ def run(args) -> dict:
             with open(labels_file, encoding="utf-8") as fh:
                 labels = json.load(fh).get("labels")
         return evaluate_digit_samples(args.samples, args.lenet, labels)
+    if args.cmd == "geneval":
+        from vistok.evaluation.geneval import build_detector, evaluate_folder
+
+        detector = build_detector(args.detector)
+        result, rows = evaluate_folder(args.samples, detector)
+        if args.ceiling:
+            from vistok.evaluation.geneval import read_folder
+            from vistok.evaluation.shapes_prompts import detector_ceiling
+
+            result["detector_ceiling"] = detector_ceiling(detector, [m for m, _ in read_folder(args.samples)])["overall"]
+        result["protocol"] = (f"GenEval rules (thresholds 0.3 / 0.9 counting, max 16 per class, position shrink 0.1), "
+                              f"detector '{args.detector}'")
+        return result
     raise ValueError(args.cmd)
 
 

@@ -3,6 +3,7 @@
 
     python release.py --tokenizer runs/vqgan-mnist --out checkpoints/vqgan-mnist
     python release.py --tokenizer RUN --generator RUN [--sr RUN] --out checkpoints/NAME
+    python release.py --model runs/teacher-mnist --out checkpoints/teacher-mnist   # one model (e.g. a teacher)
 """
 import argparse
 import json
@@ -13,11 +14,21 @@ from vistok.pipeline import release
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="run folder of the tokenizer (runs/<name>)")
+    p.add_argument("--tokenizer", help="run folder of the tokenizer (runs/<name>)")
+    p.add_argument("--model", help="release one model of any kind as a model folder (config.json + model.safetensors)")
     p.add_argument("--generator", help="run folder of the generator")
     p.add_argument("--sr", help="run folder of a super-resolution stage")
     p.add_argument("--out", required=True, help="release folder, e.g. checkpoints/NAME")
     args = p.parse_args(argv)
+    if args.model:
+        from vistok.pipeline import model_from_run
+
+        model, _, info = model_from_run(args.model)
+        model.save_pretrained(args.out)
+        print(json.dumps({"released": args.out, "model_type": model.model_type, "step": info["step"], "ema": info["ema"]}))
+        return 0
+    if not args.tokenizer:
+        p.error("--tokenizer RUN is required (or --model RUN for a single model)")
     pipe = release(args.out, tokenizer=args.tokenizer, generator=args.generator, sr=args.sr)
     print(json.dumps({"released": args.out, "stages": list(pipe.stages)}))
     return 0

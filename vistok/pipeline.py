@@ -153,7 +153,12 @@ def check_compatible(tokenizer, generator) -> None:
         return
     if generator.vocab_size != tokenizer.codebook_size:
         raise ValueError(f"generator vocab_size {generator.vocab_size} != tokenizer codebook_size {tokenizer.codebook_size}")
-    if tuple(generator.token_shape) != tuple(tokenizer.token_shape):
+    tok_scales = list(getattr(tokenizer, "scales", []) or [])
+    if tok_scales or generator.scales:
+        if tok_scales != list(generator.scales):
+            raise ValueError(f"generator scales {list(generator.scales)} != tokenizer scales {tok_scales} "
+                             f"(a multi-scale tokenizer needs a next-scale generator with the same scales)")
+    elif tuple(generator.token_shape) != tuple(tokenizer.token_shape):
         raise ValueError(f"generator token_shape {tuple(generator.token_shape)} != tokenizer token_shape {tuple(tokenizer.token_shape)}")
 
 

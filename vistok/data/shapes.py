@@ -52,7 +52,9 @@ def relation(a_box, b_box) -> str:
     return "above" if dy < 0 else "below"
 
 
-def caption_for(objects: list[dict]) -> str:
+def caption_for(objects: list[dict], use_and: bool = False) -> str:
+    """The caption of a scene; two different objects are described by their relation, or with
+    ``use_and`` as "a X and a Y" (the forms of GenEval's position and two-object/colour prompts)."""
     if len(objects) == 1:
         o = objects[0]
         return f"a {o['color']} {o['shape']}"
@@ -62,6 +64,8 @@ def caption_for(objects: list[dict]) -> str:
         return f"{NUMBERS[len(objects)]} {o['color']} {o['shape']}s"
     if len(objects) == 2:
         a, b = objects
+        if use_and:
+            return f"a {a['color']} {a['shape']} and a {b['color']} {b['shape']}"
         return f"a {a['color']} {a['shape']} {relation(a['box'], b['box'])} a {b['color']} {b['shape']}"
     return " and ".join(f"a {o['color']} {o['shape']}" for o in objects)
 
@@ -124,7 +128,8 @@ class ShapesWorld(Dataset):
             counts[key] = counts.get(key, 0) + 1
         first = objects[0]
         label = SHAPES.index(first["shape"]) * len(COLORS) + list(COLORS).index(first["color"])
-        return {"objects": objects, "counts": counts, "caption": caption_for(objects), "label": label}
+        caption = caption_for(objects, use_and=bool(rng.random() < 0.5))
+        return {"objects": objects, "counts": counts, "caption": caption, "label": label}
 
     def render(self, meta: dict) -> np.ndarray:
         canvas = np.zeros((self.image_size, self.image_size, 3), np.uint8)

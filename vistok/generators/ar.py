@@ -1,7 +1,13 @@
 """Discrete autoregressive generator (LLaMA-style decoder) over a tokenizer's codes.
 
 Next-token prediction over the raster of codes: the input is [condition, c_0, ..., c_{L-2}] and the
-output at position i predicts c_i. The condition is a class embedding (a null class stands for
+output at position i predicts c_i.
+
+Next-scale prediction (``scales`` set, VAR/TokenFlow codes): the input is [condition, start block of
+s_1 x s_1, then for k > 1 the codes of scale k-1 embedded and upsampled (nearest) to s_k x s_k], each
+block plus a learned scale embedding; block k predicts the s_k x s_k codes of scale k in parallel and
+attends to the condition and every block <= k (block-causal). Rotary positions are the token centres
+on the finest grid, so all scales share one coordinate frame. Sampling feeds one whole scale per step. The condition is a class embedding (a null class stands for
 "unconditional": label dropout in training, the second half of the batch under classifier-free
 guidance). Rotary positions are 1-D (sequence index) or 2-D (row, column of the code on its grid).
 
@@ -64,12 +70,15 @@ class ARGenerator(VistokModel):
         dropout: float = 0.0,
         class_dropout: float = 0.1,
         rope: str = "2d",
+        scales: list[int] = (),
     ):
         super().__init__()
         if rope not in ("1d", "2d"):
             raise ValueError(f"ar: rope='{rope}'; expected '1d' or '2d'")
-        self.vocab_size, self.token_shape = vocab_size, tuple(token_shape)
-        self.seq_len = self.token_shape[0] * self.token_shape[1]
+        self.scales = [int(v) for v in scales]
+        self.vocab_size = vocab_size
+        self.token_shape = (self.scales[-1], self.scales[-1]) if self.scales else tuple(token_shape)
+        self.seq_len = sum(v * v for v in self.scales) if self.scales else self.token_shape[0] * self.token_shape[1]
         self.num_classes, self.class_dropout = num_classes, class_dropout
         self.null_class = num_classes  # index of the "no condition" embedding
         self.depth, self.heads, self.head_dim = depth, heads, dim // heads
@@ -79,13 +88,32 @@ class ARGenerator(VistokModel):
         self.norm = RMSNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         h, w = self.token_shape
-        if rope == "2d":  # condition at (0, 0); code k at (row + 1, col + 1)
+        if self.scales:
+            self._init_scales(dim)
+        elif rope == "2d":  # condition at (0, 0); code k at (row + 1, col + 1)
             grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1).reshape(-1, 2) + 1
             pos = torch.cat([torch.zeros(1, 2, dtype=torch.long), grid])
         else:
             pos = torch.arange(self.seq_len + 1)[:, None]
-        self.register_buffer("positions", pos, persistent=False)
+        if not self.scales:
+            self.register_buffer("positions", pos, persistent=False)
         self.apply(self._init)
+
+    def _init_scales(self, dim: int) -> None:
+        top = self.scales[-1]
+        pos, blocks, starts = [torch.zeros(1, 2)], [torch.zeros(1, dtype=torch.long)], []
+        for k, sz in enumerate(self.scales):
+            starts.append(1 + sum(v * v for v in self.scales[:k]))
+            r, c = torch.meshgrid(torch.arange(sz), torch.arange(sz), indexing="ij")
+            pos.append(torch.stack([(r + 0.5) * top / sz, (c + 0.5) * top / sz], -1).reshape(-1, 2).float())
+            blocks.append(torch.full((sz * sz,), k + 1, dtype=torch.long))
+        block_ids = torch.cat(blocks)
+        self.register_buffer("positions", torch.cat(pos), persistent=False)
+        self.register_buffer("block_ids", block_ids, persistent=False)
+        self.register_buffer("block_mask", block_ids[None, :] <= block_ids[:, None], persistent=False)
+        self.block_starts = starts
+        self.scale_emb = nn.Embedding(len(self.scales), dim)
+        self.start_emb = nn.Parameter(torch.zeros(1, 1, dim))
 
     @staticmethod
     def _init(m):
@@ -95,17 +123,54 @@ class ARGenerator(VistokModel):
                 nn.init.zeros_(m.bias)
 
     # ---- the network --------------------------------------------------------------------------
+    def _run(self, x: torch.Tensor, start: int, mask, cache: KVCache | None) -> torch.Tensor:
+        angles = rope_angles(self.positions[start:start + x.shape[1]], self.head_dim)[None].expand(x.shape[0], -1, -1)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, angles, mask, cache, i, start)
+        return self.head(self.norm(x))
+
     def logits(self, cond: torch.Tensor | None, tokens: torch.Tensor, cache: KVCache | None = None, start: int = 0):
-        """Logits for input positions start..start+T-1 (position 0 is the condition, given when start == 0)."""
+        """Next-token: logits for input positions start..start+T-1 (position 0 is the condition, given when start == 0)."""
         x = self.tok_emb(tokens)
         if start == 0:
             x = torch.cat([self.class_emb(cond)[:, None], x], 1)
         t = x.shape[1]
-        angles = rope_angles(self.positions[start:start + t], self.head_dim)[None].expand(x.shape[0], -1, -1)
-        mask = causal_mask(t, start + t, start, x.device)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, angles, mask, cache, i, start)
-        return self.head(self.norm(x))
+        mask = "causal" if cache is None and start == 0 else causal_mask(t, start + t, start, x.device)
+        return self._run(x, start, mask, cache)
+
+    def scale_inputs(self, codes: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
+        """Input embeddings of blocks 1..len(codes)+1: the start block, then each given scale's codes
+        (B,s_k,s_k) upsampled to the next scale's grid."""
+        d = self.tok_emb.embedding_dim
+        s0 = self.scales[0]
+        blocks = [self.start_emb.expand(batch, s0 * s0, d) + self.scale_emb.weight[0]]
+        for k, c in enumerate(codes[: len(self.scales) - 1]):
+            nxt = self.scales[k + 1]
+            e = self.tok_emb(c).permute(0, 3, 1, 2)
+            e = F.interpolate(e, size=(nxt, nxt), mode="nearest").flatten(2).transpose(1, 2)
+            blocks.append(e + self.scale_emb.weight[k + 1])
+        return blocks
+
+    def scale_logits(self, cond: torch.Tensor, codes: list[torch.Tensor]) -> torch.Tensor:
+        """Next-scale, full pass: logits B,(sum s_k^2 for the first len(codes)+1 scales),V given codes of
+        the first len(codes) scales (block-causal mask)."""
+        blocks = self.scale_inputs(codes, cond.shape[0])
+        x = torch.cat([self.class_emb(cond)[:, None]] + blocks, 1)
+        t = x.shape[1]
+        return self._run(x, 0, self.block_mask[:t, :t], None)[:, 1:]
+
+    def split_scales(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        out, i = [], 0
+        for sz in self.scales:
+            out.append(flat[:, i:i + sz * sz].reshape(-1, sz, sz))
+            i += sz * sz
+        return out
+
+    def teacher_forced_logits(self, labels: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """codes B,L (flat) -> logits B,L,V predicting every code from its prefix."""
+        if self.scales:
+            return self.scale_logits(labels, self.split_scales(codes)[:-1])
+        return self.logits(labels, codes[:, :-1])
 
     def forward(self, batch: dict, step: int = 0, **_) -> dict:
         codes = batch["codes"].flatten(1)
@@ -113,7 +178,7 @@ class ARGenerator(VistokModel):
         if self.training and self.class_dropout > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.class_dropout
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        logits = self.logits(labels, codes[:, :-1])
+        logits = self.teacher_forced_logits(labels, codes)
         loss = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), codes.reshape(-1))
         return {"loss": loss, "ce": loss.detach()}
 
@@ -122,13 +187,16 @@ class ARGenerator(VistokModel):
     def sample(self, labels: torch.Tensor, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
-        """labels B (class ids; ``null_class`` for unconditional) -> codes B,h,w."""
+        """labels B (class ids; ``null_class`` for unconditional) -> codes B,h,w (next-scale: B,L flat)."""
         labels = labels.long()
         if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
             raise ValueError(f"class labels must be in 0..{self.num_classes - 1} (or {self.null_class} for none), "
                              f"got {labels.tolist()}")
         guided = cfg_scale != 1.0
         cond = torch.cat([labels, torch.full_like(labels, self.null_class)]) if guided else labels
+        if self.scales:
+            return self._sample_scales(cond, labels.shape[0], guided, cfg_scale, cfg_schedule, temperature, top_k,
+                                       top_p, generator, use_cache)
         b, n = labels.shape[0], self.seq_len
         scales = cfg_scales(cfg_scale, cfg_schedule, n)
         tokens = torch.zeros(cond.shape[0], 0, dtype=torch.long, device=labels.device)
@@ -147,13 +215,38 @@ class ARGenerator(VistokModel):
             tokens = torch.cat([tokens, nxt.repeat(2 if guided else 1)[:, None]], 1)
         return tokens[:b].reshape(b, *self.token_shape)
 
+    def _sample_scales(self, cond, b, guided, cfg_scale, cfg_schedule, temperature, top_k, top_p, generator, use_cache):
+        scales = cfg_scales(cfg_scale, cfg_schedule, len(self.scales))
+        param = next(self.parameters())
+        cache = KVCache(self.depth, cond.shape[0], self.heads, self.seq_len + 1, self.head_dim, param.device,
+                        param.dtype) if use_cache else None
+        codes: list[torch.Tensor] = []
+        for k, sz in enumerate(self.scales):
+            if use_cache:
+                block = self.scale_inputs(codes, cond.shape[0])[k]
+                if k == 0:  # prefill: the condition must not see block 1, as in the block-causal full pass
+                    x = torch.cat([self.class_emb(cond)[:, None], block], 1)
+                    logits = self._run(x, 0, self.block_mask[: x.shape[1], : x.shape[1]], cache)[:, -sz * sz:]
+                else:  # block k sees every cached block < k and itself: no mask needed
+                    logits = self._run(block, self.block_starts[k], None, cache)
+            else:
+                logits = self.scale_logits(cond, codes)[:, -sz * sz:]
+            logits = logits.float()
+            if guided:
+                c, u = logits[:b], logits[b:]
+                logits = u + scales[k] * (c - u)
+            nxt = sample_logits(logits.reshape(-1, self.vocab_size), temperature, top_k, top_p, generator)
+            nxt = nxt.reshape(b, sz, sz)
+            codes.append(torch.cat([nxt, nxt]) if guided else nxt)
+        return torch.cat([c[:b].flatten(1) for c in codes], 1)
+
     # ---- trainer hooks --------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, batches) -> dict:
         total, correct, count, n = 0.0, 0, 0, 0
         for batch in batches:
             codes = batch["codes"].flatten(1)
-            logits = self.logits(batch["label"].long(), codes[:, :-1]).float()
+            logits = self.teacher_forced_logits(batch["label"].long(), codes).float()
             total += float(F.cross_entropy(logits.reshape(-1, self.vocab_size), codes.reshape(-1), reduction="sum"))
             correct += int((logits.argmax(-1) == codes).sum())
             count += codes.numel()

@@ -69,12 +69,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x, angles, mask=None, cache: KVCache | None = None, layer: int = 0, start: int = 0):
+        """mask: None (bidirectional), "causal", or a boolean tensor (True = attend)."""
         b, t, _ = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, angles), apply_rope(k, angles)
         if cache is not None:
             k, v = cache.update(layer, k, v, start)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        causal = isinstance(mask, str) and mask == "causal"  # full causal pass: let SDPA use its fused kernel
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(b, t, -1))
 
 

@@ -10,6 +10,7 @@ scheduler, EMA, RNG states and the step; resuming skips the batches already seen
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -115,6 +116,11 @@ def train(cfg: DictConfig) -> dict:
         accelerator.load_state(resume_path)
         step = int(ckpt.read_state(resume_path)["step"])
         logger.info(f"resumed from {resume_path} at step {step}")
+    summary_path = os.path.join(out_dir, "train_summary.json")
+    if step >= t.max_steps and os.path.isfile(summary_path):  # a finished run: nothing to do
+        logger.info(f"{out_dir} is already trained to step {step} (train.max_steps={t.max_steps})")
+        with open(summary_path, encoding="utf-8") as f:
+            return json.load(f)
     micro = step * t.grad_accum_steps
     epoch, skip = divmod(micro, len(loader))
 
@@ -198,7 +204,7 @@ def train(cfg: DictConfig) -> dict:
     summary.update(step=step, seconds=round(elapsed, 2), steps_per_second=round(steps_this_run / max(elapsed, 1e-9), 3),
                    metrics=last_metrics, output_dir=out_dir)
     if accelerator.is_main_process:
-        ckpt.atomic_write_json(os.path.join(out_dir, "train_summary.json"), summary)
+        ckpt.atomic_write_json(summary_path, summary)
     accelerator.end_training()
     return summary
 

@@ -1,0 +1,173 @@
+"""TokenFlow: dual semantic/pixel codebook with a shared index, multi-scale residual quantisation.
+
+    semantic ViT -> Linear-tanh-Linear -> d_sem  \\
+                                                  concat -> multi-scale residual VQ (dual codebook,
+    pixel conv encoder -> 1x1 conv -> d_pix      /           shared index, VAR scales, scale drop)
+                                                      -> f_hat -> 1x1 conv -> pixel decoder -> image
+                                                      -> f_hat[:d_sem] -> semantic decoder -> teacher features
+
+Losses: pixel L1/L2 + w_vq * VQ (codebook + 0.25 commitment per half) + w_semantic * (1 - cos) between
+the semantic decoder's output and the frozen teacher's patch features. The teacher (``teacher``: a
+local folder of a released ``vit_teacher``) is loaded when training needs it and is never part of
+the tokenizer's weights. ``semantic=False`` gives the ablation's pixel-only VQ with the same code
+budget (codebook size and scales).
+
+Codes: one s x s map per scale, flattened in scale order (``scales``: the generator's token layout).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vistok.evaluation.image_metrics import ReconstructionMeter
+from vistok.modeling import VistokModel, freeze
+from vistok.nn.conv import Decoder, Encoder
+from vistok.nn.vit import TransformerStack, ViT
+from vistok.quantizers.dual import DualCodebook
+from vistok.quantizers.multiscale import MultiScaleResidualVQ
+from vistok.quantizers.vq import VQ
+from vistok.registry import register_model
+
+
+@register_model("tokenflow")
+class TokenFlow(VistokModel):
+    kind = "tokenizer"
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        in_channels: int = 3,
+        ch: int = 128,
+        ch_mult: list[int] = (1, 1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        z_channels: int = 256,
+        attn_mid: bool = True,
+        semantic: bool = True,
+        sem_patch: int = 16,
+        sem_dim: int = 768,
+        sem_depth: int = 12,
+        sem_heads: int = 12,
+        sem_decoder_depth: int = 3,
+        teacher: str = "",
+        teacher_dim: int = 768,
+        codebook_size: int = 32768,
+        dim_sem: int = 32,
+        dim_pix: int = 8,
+        w_sem: float = 1.0,
+        w_pix: float = 1.0,
+        commitment_weight: float = 0.25,
+        scales: list[int] = (1, 2, 4, 6, 8, 10, 12, 14, 16),
+        scale_drop: float = 0.1,
+        pixel_loss: str = "l2",
+        w_vq: float = 1.0,
+        w_semantic: float = 1.0,
+    ):
+        super().__init__()
+        grid = image_size // 2 ** (len(ch_mult) - 1)
+        if scales[-1] != grid:
+            raise ValueError(f"tokenflow: the last scale ({scales[-1]}) must equal the encoder grid {grid} "
+                             f"(image_size {image_size}, ch_mult {list(ch_mult)})")
+        if semantic and image_size // sem_patch != grid:
+            raise ValueError(f"tokenflow: semantic grid {image_size // sem_patch} (sem_patch {sem_patch}) != pixel grid {grid}")
+        if pixel_loss not in ("l1", "l2"):
+            raise ValueError(f"tokenflow: pixel_loss='{pixel_loss}'; expected 'l1' or 'l2'")
+        self.image_size, self.in_channels, self.grid = image_size, in_channels, grid
+        self.codebook_size, self.scales = codebook_size, list(scales)
+        self.semantic, self.dim_sem = semantic, dim_sem if semantic else 0
+        self.pixel_loss, self.w_vq, self.w_semantic = pixel_loss, w_vq, w_semantic
+        self.teacher_path = teacher
+        arch = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=z_channels, attn_mid=attn_mid)
+        self.pixel_encoder = Encoder(in_channels=in_channels, **arch)
+        self.pixel_proj = nn.Conv2d(z_channels, dim_pix, 1)
+        if semantic:
+            self.semantic_encoder = ViT(image_size, sem_patch, in_channels, sem_dim, sem_depth, sem_heads)
+            self.semantic_proj = nn.Sequential(nn.Linear(sem_dim, sem_dim), nn.Tanh(), nn.Linear(sem_dim, dim_sem))
+            self.semantic_decoder = nn.Sequential(nn.Linear(dim_sem, sem_dim),
+                                                  TransformerStack(sem_dim, sem_decoder_depth, sem_heads, grid),
+                                                  nn.Linear(sem_dim, teacher_dim))
+            quant = DualCodebook(codebook_size, dim_sem, dim_pix, w_sem, w_pix, commitment_weight)
+        else:
+            quant = VQ(dim_pix, codebook_size, l2_norm=True, ema=False, commitment_weight=commitment_weight)
+        self.quantizer = MultiScaleResidualVQ(quant, scales, scale_drop)
+        self.post_quant = nn.Conv2d(self.dim_sem + dim_pix, z_channels, 1)
+        self.decoder = Decoder(out_channels=in_channels, **arch)
+        object.__setattr__(self, "_teacher", None)  # not a submodule: never in state_dict
+
+    @property
+    def num_tokens(self) -> int:
+        return self.quantizer.num_tokens
+
+    # ---- the tokenizer interface --------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        pix = self.pixel_proj(self.pixel_encoder(images))
+        if not self.semantic:
+            return pix
+        tok = self.semantic_proj(self.semantic_encoder(images))  # B,N,d_sem
+        sem = tok.transpose(1, 2).reshape(images.shape[0], self.dim_sem, self.grid, self.grid)
+        return torch.cat([sem, pix], 1)
+
+    def quantize(self, images: torch.Tensor):
+        return self.quantizer(self.features(images))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images -> codes B,L (the scales' code maps flattened in scale order)."""
+        return self.quantizer.flatten(self.quantize(images)[1])
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes B,L (all scales) or a list of per-scale maps (a prefix decodes coarsely) -> images."""
+        maps = self.quantizer.unflatten(codes) if torch.is_tensor(codes) else codes
+        return self.decoder(self.post_quant(self.quantizer.decode_codes(maps)))
+
+    def reconstruct(self, images: torch.Tensor):
+        f_hat, codes, _ = self.quantize(images)
+        return self.decoder(self.post_quant(f_hat)), self.quantizer.flatten(codes)
+
+    # ---- training -----------------------------------------------------------------------------
+    def teacher(self):
+        if self._teacher is None:
+            if not self.teacher_path:
+                raise ValueError("tokenflow: semantic training needs a teacher: set model.teacher to a released "
+                                 "vit_teacher folder (or model.w_semantic=0)")
+            if not os.path.isdir(self.teacher_path):
+                raise FileNotFoundError(f"tokenflow: teacher folder '{self.teacher_path}' does not exist (model.teacher)")
+            t = freeze(VistokModel.from_pretrained(self.teacher_path))
+            object.__setattr__(self, "_teacher", t.to(next(self.parameters()).device))
+        return self._teacher
+
+    def forward(self, batch: dict, step: int = 0, **_) -> dict:
+        x = batch["image"]
+        f_hat, _codes, vq_loss = self.quantize(x)
+        xr = self.decoder(self.post_quant(f_hat))
+        rec = F.l1_loss(xr, x) if self.pixel_loss == "l1" else F.mse_loss(xr, x)
+        out = {"rec": rec, "vq": vq_loss}
+        loss = rec + self.w_vq * vq_loss
+        if self.semantic and self.w_semantic > 0:
+            with torch.no_grad():
+                target = self.teacher().tokens(x).float()
+            sem_in = f_hat[:, : self.dim_sem].flatten(2).transpose(1, 2)
+            pred = self.semantic_decoder(sem_in).float()
+            out["semantic"] = (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
+            loss = loss + self.w_semantic * out["semantic"]
+        out["loss"] = loss
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> dict:
+        meter = ReconstructionMeter(self.codebook_size)
+        for batch in batches:
+            xr, codes = self.reconstruct(batch["image"])
+            meter.update(batch["image"], xr, codes)
+        return meter.compute()
+
+    @torch.no_grad()
+    def visualize(self, batch: dict, n: int = 8, **_) -> torch.Tensor:
+        x = batch["image"][:n]
+        return torch.cat([x, self.reconstruct(x)[0].clamp(-1, 1)])
+
+    @torch.no_grad()
+    def code_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Quantised features pooled over the grid (B, d_sem + d_pix): what a linear probe reads."""
+        return self.quantize(images)[0].mean((2, 3))
