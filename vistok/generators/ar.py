@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from vistok.modeling import VistokModel
 from vistok.nn.transformer import Block, KVCache, RMSNorm, causal_mask, rope_angles
+from vistok.quantizers.multiscale import split_scales
 from vistok.registry import register_model
 
 
@@ -159,17 +160,10 @@ class ARGenerator(VistokModel):
         t = x.shape[1]
         return self._run(x, 0, self.block_mask[:t, :t], None)[:, 1:]
 
-    def split_scales(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        out, i = [], 0
-        for sz in self.scales:
-            out.append(flat[:, i:i + sz * sz].reshape(-1, sz, sz))
-            i += sz * sz
-        return out
-
     def teacher_forced_logits(self, labels: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """codes B,L (flat) -> logits B,L,V predicting every code from its prefix."""
         if self.scales:
-            return self.scale_logits(labels, self.split_scales(codes)[:-1])
+            return self.scale_logits(labels, split_scales(codes, self.scales)[:-1])
         return self.logits(labels, codes[:, :-1])
 
     def forward(self, batch: dict, step: int = 0, **_) -> dict:

@@ -13,6 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def split_scales(flat: torch.Tensor, scales: list[int]) -> list[torch.Tensor]:
+    """B,L codes in scale order -> [B,s,s per scale]."""
+    out, i = [], 0
+    for s in scales:
+        out.append(flat[:, i:i + s * s].reshape(-1, s, s))
+        i += s * s
+    return out
+
+
 def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
@@ -66,8 +75,4 @@ class MultiScaleResidualVQ(nn.Module):
         return torch.cat([c.flatten(1) for c in codes], 1)
 
     def unflatten(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        out, i = [], 0
-        for s in self.scales:
-            out.append(flat[:, i:i + s * s].reshape(-1, s, s))
-            i += s * s
-        return out
+        return split_scales(flat, self.scales)

@@ -22,7 +22,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vistok.evaluation.image_metrics import ReconstructionMeter
 from vistok.modeling import VistokModel, freeze
 from vistok.nn.conv import Decoder, Encoder
 from vistok.nn.vit import TransformerStack, ViT
@@ -30,11 +29,11 @@ from vistok.quantizers.dual import DualCodebook
 from vistok.quantizers.multiscale import MultiScaleResidualVQ
 from vistok.quantizers.vq import VQ
 from vistok.registry import register_model
+from vistok.tokenizers.base import Tokenizer
 
 
 @register_model("tokenflow")
-class TokenFlow(VistokModel):
-    kind = "tokenizer"
+class TokenFlow(Tokenizer):
 
     def __init__(
         self,
@@ -153,19 +152,6 @@ class TokenFlow(VistokModel):
             loss = loss + self.w_semantic * out["semantic"]
         out["loss"] = loss
         return out
-
-    @torch.no_grad()
-    def evaluate(self, batches) -> dict:
-        meter = ReconstructionMeter(self.codebook_size)
-        for batch in batches:
-            xr, codes = self.reconstruct(batch["image"])
-            meter.update(batch["image"], xr, codes)
-        return meter.compute()
-
-    @torch.no_grad()
-    def visualize(self, batch: dict, n: int = 8, **_) -> torch.Tensor:
-        x = batch["image"][:n]
-        return torch.cat([x, self.reconstruct(x)[0].clamp(-1, 1)])
 
     @torch.no_grad()
     def code_embeddings(self, images: torch.Tensor) -> torch.Tensor:

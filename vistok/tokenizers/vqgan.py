@@ -9,17 +9,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vistok.evaluation.image_metrics import ReconstructionMeter
-from vistok.modeling import VistokModel
 from vistok.nn.conv import Decoder, Encoder
 from vistok.nn.discriminator import PatchGAN, hinge_g_loss
 from vistok.quantizers.vq import VQ
 from vistok.registry import register_model
+from vistok.tokenizers.base import Tokenizer
 
 
 @register_model("vqgan")
-class VQGAN(VistokModel):
-    kind = "tokenizer"
+class VQGAN(Tokenizer):
 
     def __init__(
         self,
@@ -96,17 +94,3 @@ class VQGAN(VistokModel):
 
     def build_discriminator(self):
         return PatchGAN(**self.disc_args) if self.gan_weight > 0 else None
-
-    @torch.no_grad()
-    def evaluate(self, batches) -> dict:
-        meter = ReconstructionMeter(self.codebook_size)
-        for batch in batches:
-            xr, codes = self.reconstruct(batch["image"])
-            meter.update(batch["image"], xr, codes)
-        return meter.compute()
-
-    @torch.no_grad()
-    def visualize(self, batch: dict, n: int = 8, **_) -> torch.Tensor:
-        """Inputs (top row) over reconstructions (bottom row), model range."""
-        x = batch["image"][:n]
-        return torch.cat([x, self.reconstruct(x)[0].clamp(-1, 1)])
