@@ -5,6 +5,9 @@
     python sample.py --pipeline checkpoints/NAME --out DIR --per-class 50 --cfg-scale 2 [--cfg-schedule linear]
         [--temperature 1] [--top-k 0] [--top-p 1] [--seed 0] [--npz] [--no-cache]
     python sample.py --pipeline checkpoints/NAME --out DIR --class-labels 3 3 7
+    # text-conditional generators: GenEval metadata jsonl in, the official GenEval folder layout out
+    python sample.py --pipeline checkpoints/NAME --out DIR --prompts vistok/evaluation/prompts/shapes_geneval.jsonl \
+        [--images-per-prompt 4] --cfg-scale 3
     # tokenizer-only pipelines: reconstructions of the first N held-out images
     python sample.py --pipeline checkpoints/NAME --out DIR --num-images 64
 
@@ -33,6 +36,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-images", type=int, default=64, help="images (class labels cycle 0..K-1 for generators)")
     p.add_argument("--per-class", type=int, help="generators: this many images of every class")
     p.add_argument("--class-labels", type=int, nargs="+", help="generators: exactly these labels")
+    p.add_argument("--prompts", help="text-conditional generators: GenEval metadata jsonl (one prompt per line)")
+    p.add_argument("--images-per-prompt", type=int, default=4, help="with --prompts (GenEval uses 4)")
     p.add_argument("--cfg-scale", type=float, default=1.0)
     p.add_argument("--cfg-schedule", choices=("constant", "linear"), default="constant")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -48,9 +53,11 @@ def main(argv=None) -> int:
     try:
         if pipe.generator is None:
             settings = reconstruct(pipe, args)
+        elif args.prompts:
+            settings = generate_prompts(pipe, args)
         else:
             settings = generate(pipe, args)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     settings.update(pipeline=os.path.abspath(args.pipeline), seed=args.seed, seconds=round(time.time() - t0, 2))
@@ -83,6 +90,25 @@ def generate(pipe, args) -> dict:
         arr = to_uint8(images)
         np.savez(os.path.join(args.out, "samples.npz"), arr_0=arr if arr.shape[-1] == 3 else np.repeat(arr, 3, -1))
     return {"mode": "generate", "num_images": len(labels), "labels": labels, "batch_size": args.batch_size, **sampling}
+
+
+def generate_prompts(pipe, args) -> dict:
+    """GenEval layout: DIR/<index:05d>/metadata.jsonl + samples/<n>.png; prompt i uses seed + i."""
+    from vistok.evaluation.geneval import read_prompts, write_prompt_folder
+
+    prompts = read_prompts(args.prompts)
+    sampling = dict(cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)
+    firsts = []
+    for i, meta in enumerate(prompts):
+        images = pipe(prompts=[meta["prompt"]] * args.images_per_prompt, seed=args.seed + i, **sampling)
+        write_prompt_folder(args.out, i, meta, to_uint8(images).squeeze(-1) if images.shape[1] == 1 else to_uint8(images))
+        firsts.append(images[:1])
+    from vistok.training.logging import save_grid
+
+    save_grid(torch.cat(firsts)[:64], os.path.join(args.out, "grid.png"), nrow=8)
+    return {"mode": "prompts", "prompts": os.path.abspath(args.prompts), "num_prompts": len(prompts),
+            "images_per_prompt": args.images_per_prompt, "num_images": len(prompts) * args.images_per_prompt, **sampling}
 
 
 def reconstruct(pipe, args) -> dict:

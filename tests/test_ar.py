@@ -130,3 +130,48 @@ def test_next_scale_block_causal_and_learns():
         loss.backward()
         opt.step()
     assert float(loss) < 0.5 * first
+
+
+def tiny_text(**kw):
+    from vistok.data.text import shapes_vocabulary
+
+    torch.manual_seed(0)
+    args = dict(vocab_size=32, token_shape=(4, 4), dim=64, depth=2, heads=4, text_vocab=shapes_vocabulary(),
+                text_len=8, text_depth=1)
+    args.update(kw)
+    return ARGenerator(**args)
+
+
+@pytest.mark.parametrize("scales", [(), (1, 2, 4)])
+def test_text_conditional_cached_equals_recompute_and_uses_the_caption(scales):
+    model = tiny_text(scales=list(scales)).eval()
+    prompts = ["a red circle left of a blue square", "three green triangles"]
+    kw = dict(prompts=prompts, cfg_scale=2.0, top_k=8)
+    a = model.sample(generator=torch.Generator().manual_seed(1), use_cache=True, **kw)
+    b = model.sample(generator=torch.Generator().manual_seed(1), use_cache=False, **kw)
+    assert torch.equal(a, b)
+    codes = torch.randint(0, 32, (2, model.seq_len))
+    batch = {"codes": codes, "caption": prompts}
+    other = {"codes": codes, "caption": ["a yellow square", "a cyan circle"]}
+    assert not torch.allclose(model.teacher_forced_logits(model.condition(batch), codes),
+                              model.teacher_forced_logits(model.condition(other), codes))
+
+
+def test_text_conditional_learns_and_refuses_unknown_words():
+    model = tiny_text(class_dropout=0.0)
+    captions = ["a red circle", "a blue square", "two green triangles", "a cyan circle above a red square"] * 4
+    codes = torch.randint(0, 32, (16, 4, 4), generator=torch.Generator().manual_seed(4))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = float(model({"codes": codes, "caption": captions})["loss"].detach())
+    for _ in range(60):
+        loss = model({"codes": codes, "caption": captions})["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first
+    with pytest.raises(ValueError, match="unknown word"):
+        model.sample(prompts=["a purple hexagon"])
+    with pytest.raises(ValueError, match="is empty"):
+        model.sample(prompts=[""])
+    with pytest.raises(ValueError, match="pass prompts"):
+        model.sample(torch.tensor([1]))

@@ -82,20 +82,22 @@ class Pipeline:
         return self.tokenizer.reconstruct(images)[0].clamp(-1, 1)
 
     @torch.no_grad()
-    def generate_codes(self, class_labels, seed: int | None = None, **sampling) -> torch.Tensor:
+    def generate_codes(self, class_labels=None, prompts=None, seed: int | None = None, **sampling) -> torch.Tensor:
         if self.generator is None:
             raise ValueError("this pipeline has no generator stage (released with --tokenizer only); "
                              "use .reconstruct(images), or release it with --generator RUN")
         device = next(self.generator.parameters()).device
-        labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
         g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        if prompts is not None:
+            return self.generator.sample(prompts=list(prompts), generator=g, **sampling)
+        labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
         return self.generator.sample(labels, generator=g, **sampling)
 
     @torch.no_grad()
-    def __call__(self, class_labels, seed: int | None = None, **sampling) -> torch.Tensor:
-        """Class labels -> images B,C,H,W in [-1, 1]. ``sampling``: cfg_scale, cfg_schedule, temperature,
-        top_k, top_p, use_cache. The same seed gives the same images."""
-        codes = self.generate_codes(class_labels, seed=seed, **sampling)
+    def __call__(self, class_labels=None, prompts=None, seed: int | None = None, **sampling) -> torch.Tensor:
+        """Class labels (or prompts, for text-conditional generators) -> images B,C,H,W in [-1, 1].
+        ``sampling``: cfg_scale, cfg_schedule, temperature, top_k, top_p, use_cache. Same seed, same images."""
+        codes = self.generate_codes(class_labels, prompts, seed=seed, **sampling)
         return self.tokenizer.decode(codes).clamp(-1, 1)
 
 

@@ -2,13 +2,14 @@
 
 ``data: {type: tokens, tokenizer: checkpoints/NAME}`` reads the tokenizer release, builds the data it
 was trained on (pipeline.json ``data``) and encodes each split once. The cache is a safetensors file
-(``codes`` int32 N,h,w and ``labels`` int64 N) keyed by a hash of the tokenizer weights and the split,
+(``codes`` int32 N,h,w and ``labels`` int64 N; captions, when the data has them, in a JSON file beside it) keyed by a hash of the tokenizer weights and the split,
 written atomically next to the release (``<release>/token_cache/``), so a changed tokenizer never
 reuses stale codes. ``decode`` turns codes back into images (image grids while training).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import torch
@@ -16,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from vistok.registry import register_dataset
+from vistok.training.checkpoint import atomic_write_json
 
 
 def _file_hash(path: str) -> str:
@@ -27,13 +29,15 @@ def _file_hash(path: str) -> str:
 
 
 @torch.no_grad()
-def encode_dataset(tokenizer, dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    codes, labels = [], []
+def encode_dataset(tokenizer, dataset, batch_size: int = 256):
+    """-> (codes int32, labels int64, captions list or None)."""
+    codes, labels, captions = [], [], []
     for i in range(0, len(dataset), batch_size):
         items = [dataset[j] for j in range(i, min(len(dataset), i + batch_size))]
         codes.append(tokenizer.encode(torch.stack([it["image"] for it in items])).to(torch.int32))
         labels.append(torch.tensor([it["label"] for it in items], dtype=torch.long))
-    return torch.cat(codes), torch.cat(labels)
+        captions += [it["caption"] for it in items if "caption" in it]
+    return torch.cat(codes), torch.cat(labels), (captions if captions else None)
 
 
 @register_dataset("tokens")
@@ -46,23 +50,30 @@ class TokenDataset(Dataset):
         self.tokenizer = pipe.tokenizer.eval()
         weights = os.path.join(tokenizer, "tokenizer", "model.safetensors")
         cache = os.path.join(tokenizer, "token_cache", f"{split}-{_file_hash(weights)}.safetensors")
+        captions_path = cache + ".captions.json"
         if os.path.isfile(cache):
             data = load_file(cache)
+            captions = json.load(open(captions_path, encoding="utf-8")) if os.path.isfile(captions_path) else None
         else:
-            codes, labels = encode_dataset(self.tokenizer, build_dataset(pipe.data, split), batch_size)
+            codes, labels, captions = encode_dataset(self.tokenizer, build_dataset(pipe.data, split), batch_size)
             data = {"codes": codes, "labels": labels}
             os.makedirs(os.path.dirname(cache), exist_ok=True)
+            if captions is not None:  # written first: the cache file's presence means both are complete
+                atomic_write_json(captions_path, captions)
             tmp = cache + f".{os.getpid()}.tmp"
             save_file(data, tmp)
             os.replace(tmp, cache)
-        self.codes, self.labels = data["codes"].long(), data["labels"]
+        self.codes, self.labels, self.captions = data["codes"].long(), data["labels"], captions
         self.split, self.cache = split, cache
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        return {"codes": self.codes[i], "label": int(self.labels[i])}
+        item = {"codes": self.codes[i], "label": int(self.labels[i])}
+        if self.captions is not None:
+            item["caption"] = self.captions[i]
+        return item
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,10 @@ Next-scale prediction (``scales`` set, VAR/TokenFlow codes): the input is [condi
 s_1 x s_1, then for k > 1 the codes of scale k-1 embedded and upsampled (nearest) to s_k x s_k], each
 block plus a learned scale embedding; block k predicts the s_k x s_k codes of scale k in parallel and
 attends to the condition and every block <= k (block-causal). Rotary positions are the token centres
-on the finest grid, so all scales share one coordinate frame. Sampling feeds one whole scale per step. The condition is a class embedding (a null class stands for
-"unconditional": label dropout in training, the second half of the batch under classifier-free
-guidance). Rotary positions are 1-D (sequence index) or 2-D (row, column of the code on its grid).
+on the finest grid, so all scales share one coordinate frame. Sampling feeds one whole scale per step. The condition is a prefix of P tokens: one class embedding (a null
+class stands for "unconditional"), or, with ``text_vocab``, a caption encoded by a small trainable
+bidirectional transformer over word ids (all-padding stands for "no caption"). Condition dropout in
+training makes the unconditional branch that classifier-free guidance needs. Rotary positions are 1-D (sequence index) or 2-D (row, column of the code on its grid).
 
 Sampling: CFG by doubling the batch, scale constant or ramped linearly over tokens; temperature,
 top-k, top-p; a static KV cache (prefill the condition, then one token per step) or, for reference,
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vistok.data.text import WordTokenizer
 from vistok.modeling import VistokModel
 from vistok.nn.transformer import Block, KVCache, RMSNorm, causal_mask, rope_angles
 from vistok.quantizers.multiscale import split_scales
@@ -72,6 +74,9 @@ class ARGenerator(VistokModel):
         class_dropout: float = 0.1,
         rope: str = "2d",
         scales: list[int] = (),
+        text_vocab: list[str] = (),
+        text_len: int = 16,
+        text_depth: int = 2,
     ):
         super().__init__()
         if rope not in ("1d", "2d"):
@@ -83,7 +88,15 @@ class ARGenerator(VistokModel):
         self.num_classes, self.class_dropout = num_classes, class_dropout
         self.null_class = num_classes  # index of the "no condition" embedding
         self.depth, self.heads, self.head_dim = depth, heads, dim // heads
-        self.class_emb = nn.Embedding(num_classes + 1, dim)
+        self.text = WordTokenizer(list(text_vocab), text_len) if text_vocab else None
+        if self.text is not None:
+            self.text_emb = nn.Embedding(self.text.size, dim)
+            self.text_blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(text_depth))
+            self.text_norm = RMSNorm(dim)
+            self.register_buffer("text_positions", torch.arange(text_len)[:, None], persistent=False)
+        else:
+            self.class_emb = nn.Embedding(num_classes + 1, dim)
+        self.prefix = text_len if self.text is not None else 1  # condition tokens before the codes
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = RMSNorm(dim)
@@ -91,20 +104,21 @@ class ARGenerator(VistokModel):
         h, w = self.token_shape
         if self.scales:
             self._init_scales(dim)
-        elif rope == "2d":  # condition at (0, 0); code k at (row + 1, col + 1)
+        elif rope == "2d":  # condition tokens at (0, 0); code k at (row + 1, col + 1)
             grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1).reshape(-1, 2) + 1
-            pos = torch.cat([torch.zeros(1, 2, dtype=torch.long), grid])
+            pos = torch.cat([torch.zeros(self.prefix, 2, dtype=torch.long), grid])
         else:
-            pos = torch.arange(self.seq_len + 1)[:, None]
+            pos = torch.arange(self.seq_len + self.prefix)[:, None]
         if not self.scales:
             self.register_buffer("positions", pos, persistent=False)
         self.apply(self._init)
 
     def _init_scales(self, dim: int) -> None:
         top = self.scales[-1]
-        pos, blocks, starts = [torch.zeros(1, 2)], [torch.zeros(1, dtype=torch.long)], []
+        p = self.prefix
+        pos, blocks, starts = [torch.zeros(p, 2)], [torch.zeros(p, dtype=torch.long)], []
         for k, sz in enumerate(self.scales):
-            starts.append(1 + sum(v * v for v in self.scales[:k]))
+            starts.append(p + sum(v * v for v in self.scales[:k]))
             r, c = torch.meshgrid(torch.arange(sz), torch.arange(sz), indexing="ij")
             pos.append(torch.stack([(r + 0.5) * top / sz, (c + 0.5) * top / sz], -1).reshape(-1, 2).float())
             blocks.append(torch.full((sz * sz,), k + 1, dtype=torch.long))
@@ -123,6 +137,33 @@ class ARGenerator(VistokModel):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
+    # ---- the condition --------------------------------------------------------------------------
+    def cond_embed(self, cond: torch.Tensor) -> torch.Tensor:
+        """Class ids B, or caption word ids B,text_len -> prefix embeddings B,P,dim."""
+        if self.text is None:
+            return self.class_emb(cond)[:, None]
+        x = self.text_emb(cond)
+        angles = rope_angles(self.text_positions, self.head_dim)[None].expand(x.shape[0], -1, -1)
+        for blk in self.text_blocks:
+            x = blk(x, angles)
+        return self.text_norm(x)
+
+    def null_condition(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(like) if self.text is not None else torch.full_like(like, self.null_class)
+
+    def condition(self, batch: dict) -> torch.Tensor:
+        """The batch's condition ids (labels, or tokenized captions), with condition dropout in training."""
+        if self.text is not None:
+            if "caption" not in batch:
+                raise ValueError("this generator is text-conditional: its training data needs captions")
+            cond = self.text.encode(list(batch["caption"])).to(batch["codes"].device)
+        else:
+            cond = batch["label"].long()
+        if self.training and self.class_dropout > 0:
+            drop = torch.rand(cond.shape[0], device=cond.device) < self.class_dropout
+            cond = torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), self.null_condition(cond), cond)
+        return cond
+
     # ---- the network --------------------------------------------------------------------------
     def _run(self, x: torch.Tensor, start: int, mask, cache: KVCache | None) -> torch.Tensor:
         angles = rope_angles(self.positions[start:start + x.shape[1]], self.head_dim)[None].expand(x.shape[0], -1, -1)
@@ -131,10 +172,11 @@ class ARGenerator(VistokModel):
         return self.head(self.norm(x))
 
     def logits(self, cond: torch.Tensor | None, tokens: torch.Tensor, cache: KVCache | None = None, start: int = 0):
-        """Next-token: logits for input positions start..start+T-1 (position 0 is the condition, given when start == 0)."""
+        """Next-token: logits for input positions start..start+T-1 (positions < P are the condition, given
+        when start == 0)."""
         x = self.tok_emb(tokens)
         if start == 0:
-            x = torch.cat([self.class_emb(cond)[:, None], x], 1)
+            x = torch.cat([self.cond_embed(cond), x], 1)
         t = x.shape[1]
         mask = "causal" if cache is None and start == 0 else causal_mask(t, start + t, start, x.device)
         return self._run(x, start, mask, cache)
@@ -156,38 +198,43 @@ class ARGenerator(VistokModel):
         """Next-scale, full pass: logits B,(sum s_k^2 for the first len(codes)+1 scales),V given codes of
         the first len(codes) scales (block-causal mask)."""
         blocks = self.scale_inputs(codes, cond.shape[0])
-        x = torch.cat([self.class_emb(cond)[:, None]] + blocks, 1)
+        x = torch.cat([self.cond_embed(cond)] + blocks, 1)
         t = x.shape[1]
-        return self._run(x, 0, self.block_mask[:t, :t], None)[:, 1:]
+        return self._run(x, 0, self.block_mask[:t, :t], None)[:, self.prefix:]
 
-    def teacher_forced_logits(self, labels: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """codes B,L (flat) -> logits B,L,V predicting every code from its prefix."""
+    def teacher_forced_logits(self, cond: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """codes B,L (flat) -> logits B,L,V predicting every code from the condition and its prefix."""
         if self.scales:
-            return self.scale_logits(labels, split_scales(codes, self.scales)[:-1])
-        return self.logits(labels, codes[:, :-1])
+            return self.scale_logits(cond, split_scales(codes, self.scales)[:-1])
+        return self.logits(cond, codes[:, :-1])[:, self.prefix - 1:]
 
     def forward(self, batch: dict, step: int = 0, **_) -> dict:
         codes = batch["codes"].flatten(1)
-        labels = batch["label"].long()
-        if self.training and self.class_dropout > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.class_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        logits = self.teacher_forced_logits(labels, codes)
+        logits = self.teacher_forced_logits(self.condition(batch), codes)
         loss = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), codes.reshape(-1))
         return {"loss": loss, "ce": loss.detach()}
 
     # ---- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
+    def sample(self, labels: torch.Tensor | None = None, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
-        """labels B (class ids; ``null_class`` for unconditional) -> codes B,h,w (next-scale: B,L flat)."""
-        labels = labels.long()
-        if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
-            raise ValueError(f"class labels must be in 0..{self.num_classes - 1} (or {self.null_class} for none), "
-                             f"got {labels.tolist()}")
+               generator: torch.Generator | None = None, use_cache: bool = True,
+               prompts: list[str] | None = None) -> torch.Tensor:
+        """labels B (class ids; ``null_class`` for unconditional) or prompts (text-conditional generators)
+        -> codes B,h,w (next-scale: B,L flat)."""
+        if self.text is not None:
+            if prompts is None:
+                raise ValueError("this generator is text-conditional: pass prompts, not class labels")
+            labels = self.text.encode(prompts, strict=True).to(next(self.parameters()).device)
+        else:
+            if labels is None:
+                raise ValueError("this generator is class-conditional: pass class labels, not prompts")
+            labels = labels.long()
+            if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
+                raise ValueError(f"class labels must be in 0..{self.num_classes - 1} (or {self.null_class} for none), "
+                                 f"got {labels.tolist()}")
         guided = cfg_scale != 1.0
-        cond = torch.cat([labels, torch.full_like(labels, self.null_class)]) if guided else labels
+        cond = torch.cat([labels, self.null_condition(labels)]) if guided else labels
         if self.scales:
             return self._sample_scales(cond, labels.shape[0], guided, cfg_scale, cfg_schedule, temperature, top_k,
                                        top_p, generator, use_cache)
@@ -195,10 +242,11 @@ class ARGenerator(VistokModel):
         scales = cfg_scales(cfg_scale, cfg_schedule, n)
         tokens = torch.zeros(cond.shape[0], 0, dtype=torch.long, device=labels.device)
         param = next(self.parameters())
-        cache = KVCache(self.depth, cond.shape[0], self.heads, n, self.head_dim, param.device, param.dtype) if use_cache else None
+        p = self.prefix
+        cache = KVCache(self.depth, cond.shape[0], self.heads, p + n, self.head_dim, param.device, param.dtype) if use_cache else None
         for i in range(n):
             if use_cache:
-                logits = self.logits(cond, tokens, cache, 0) if i == 0 else self.logits(None, tokens[:, -1:], cache, i)
+                logits = self.logits(cond, tokens, cache, 0) if i == 0 else self.logits(None, tokens[:, -1:], cache, p + i - 1)
             else:
                 logits = self.logits(cond, tokens)
             logits = logits[:, -1].float()
@@ -212,14 +260,14 @@ class ARGenerator(VistokModel):
     def _sample_scales(self, cond, b, guided, cfg_scale, cfg_schedule, temperature, top_k, top_p, generator, use_cache):
         scales = cfg_scales(cfg_scale, cfg_schedule, len(self.scales))
         param = next(self.parameters())
-        cache = KVCache(self.depth, cond.shape[0], self.heads, self.seq_len + 1, self.head_dim, param.device,
+        cache = KVCache(self.depth, cond.shape[0], self.heads, self.seq_len + self.prefix, self.head_dim, param.device,
                         param.dtype) if use_cache else None
         codes: list[torch.Tensor] = []
         for k, sz in enumerate(self.scales):
             if use_cache:
                 block = self.scale_inputs(codes, cond.shape[0])[k]
                 if k == 0:  # prefill: the condition must not see block 1, as in the block-causal full pass
-                    x = torch.cat([self.class_emb(cond)[:, None], block], 1)
+                    x = torch.cat([self.cond_embed(cond), block], 1)
                     logits = self._run(x, 0, self.block_mask[: x.shape[1], : x.shape[1]], cache)[:, -sz * sz:]
                 else:  # block k sees every cached block < k and itself: no mask needed
                     logits = self._run(block, self.block_starts[k], None, cache)
@@ -240,7 +288,7 @@ class ARGenerator(VistokModel):
         total, correct, count, n = 0.0, 0, 0, 0
         for batch in batches:
             codes = batch["codes"].flatten(1)
-            logits = self.teacher_forced_logits(batch["label"].long(), codes).float()
+            logits = self.teacher_forced_logits(self.condition(batch), codes).float()
             total += float(F.cross_entropy(logits.reshape(-1, self.vocab_size), codes.reshape(-1), reduction="sum"))
             correct += int((logits.argmax(-1) == codes).sum())
             count += codes.numel()
@@ -251,6 +299,9 @@ class ARGenerator(VistokModel):
     def visualize(self, batch: dict, n: int = 8, decode=None, cfg_scale: float = 2.0):
         if decode is None:
             return None
-        g = torch.Generator(device=batch["label"].device).manual_seed(0)
-        codes = self.sample(batch["label"][:n], cfg_scale=cfg_scale, generator=g)
+        g = torch.Generator(device=batch["codes"].device).manual_seed(0)
+        if self.text is not None:
+            codes = self.sample(prompts=list(batch["caption"])[:n], cfg_scale=cfg_scale, generator=g)
+        else:
+            codes = self.sample(batch["label"][:n], cfg_scale=cfg_scale, generator=g)
         return decode(codes)
