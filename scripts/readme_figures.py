@@ -51,6 +51,27 @@ def main():
                                  ("per-repeat ratios", ", ".join(f"{r:+.1%}" for r in bench["per_repeat_overhead"])),
                                  ("bare loop steps/s", bench["bare_steps_per_s"]),
                                  ("trainer steps/s", bench["trainer_steps_per_s"]), ("steps x repeats", f"{bench['steps']} x {bench['repeats']}")])
+    tf = load("tokenflow_mnist.json")
+    if tf:
+        blocks["tokenflow"] = table([("held-out PSNR (dB)", f"{tf['psnr']:.2f}"), ("SSIM", f"{tf['ssim']:.4f}"),
+                                     ("codebook usage (all scales)", f"{tf['codebook_usage']:.1%}"),
+                                     ("perplexity", f"{tf['perplexity']:.0f}"), ("FD-LeNet (recon vs originals)", f"{tf['fd_lenet']:.2f}")])
+    ab = load("tokenflow_ablation.json")
+    if ab:
+        blocks["ablation"] = "\n".join([
+            "| variant | linear-probe accuracy | PSNR (dB) | codebook usage |", "|---|---|---|---|",
+            f"| dual (semantic + pixel) | {ab['probe_acc_dual']:.1%} (spread {ab['probe_acc_dual_spread']:.1%}) | "
+            f"{ab['psnr_dual']:.2f} (spread {ab['psnr_dual_spread']:.2f}) | {ab['codebook_usage_dual']:.1%} |",
+            f"| pixel-only, same budget | {ab['probe_acc_pixel']:.1%} (spread {ab['probe_acc_pixel_spread']:.1%}) | "
+            f"{ab['psnr_pixel']:.2f} (spread {ab['psnr_pixel_spread']:.2f}) | {ab['codebook_usage_pixel']:.1%} |",
+            f"| seeds x steps | {len(ab['seeds'])} x {ab['steps']} | | |"])
+    ars = load("ar_sampling.json")
+    if ars:
+        blocks["ar_sampling"] = table([("speed-up of the KV cache, 64 tokens", f"{ars['speedup_64']}x"),
+                                       ("speed-up of the KV cache, 256 tokens", f"{ars['speedup_256']}x"),
+                                       ("cached tokens/s at 256 (batch 8, CFG)", ars["tokens_per_s_cached_256"]),
+                                       ("same tokens both ways", f"{ars['same_tokens_64']} / {ars['same_tokens_256']}"),
+                                       ("model", ars["model"])])
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     for name, body in blocks.items():

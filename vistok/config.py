@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,17 +192,16 @@ def _coerce(val, typ, key: str, source: str):
         val = OmegaConf.to_container(val, resolve=True)
     if typ is Any or typ is inspect.Parameter.empty:
         return val
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if origin is typing.Union or origin is types.UnionType:
         if val is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(val, a, key, source)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{source}: '{key}' = {val!r}; expected {_typename(typ)}")
     if origin in (list, tuple) or typ in (list, tuple):
         if not isinstance(val, (list, tuple)):

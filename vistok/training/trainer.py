@@ -151,15 +151,16 @@ def train(cfg: DictConfig) -> dict:
                                            f"{ckpt_dir} is kept (train.on_nan=skip skips such steps instead)")
                 accelerator.backward(out["loss"] if not bad else out["loss"] * 0.0)
                 grad_norm = None
-                if accelerator.sync_gradients and t.grad_clip > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+                if accelerator.sync_gradients:  # max_norm inf: the norm without clipping, still checked
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
                     if not math.isfinite(float(grad_norm)):
                         bad = bad or {"grad_norm": float(grad_norm)}
                         if t.on_nan == "stop":
                             raise TrainingDiverged(f"non-finite gradient norm at step {step + 1} (loss terms "
                                                    f"{ {k: float(v) for k, v in logs.items()} }); last good checkpoint kept in {ckpt_dir}")
-                if bad:
-                    opt.zero_grad(set_to_none=True)
+                if bad:  # skip: drop this accumulation window's gradients (the wrapped zero_grad waits for sync)
+                    for p_ in model.parameters():
+                        p_.grad = None
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
