@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test setup clean bench
+.PHONY: demo demo-shapes test setup clean bench
 
 setup: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
+
+demo-shapes: $(STAMP)
+	$(BIN)/python scripts/demo_shapes.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

@@ -50,3 +50,16 @@ def test_same_seed_same_images_and_labels_recorded(quick_demo, tmp_path):
     assert np.load(tmp_path / "a" / "samples.npz")["arr_0"].shape == (3, 32, 32, 3)
     bad = run_cli(["sample.py", "--pipeline", str(rel), "--out", str(tmp_path / "d"), "--class-labels", "10"], check=False)
     assert bad.returncode == 2 and "out of range" in bad.stderr
+
+
+def test_demo_shapes_quick(tmp_path):
+    out, rel = tmp_path / "shapes", tmp_path / "rel"
+    proc = run_cli(["scripts/demo_shapes.py", "--quick", "--out", str(out), "--release", str(rel), "--images-per-prompt", "1"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    g = metrics["geneval"]
+    assert set(g) >= {"overall", "single_object", "two_object", "counting", "colors", "position", "color_attr",
+                      "detector_ceiling"}
+    assert g["detector_ceiling"] >= 0.99 and 0 <= g["overall"] <= 1
+    assert metrics["sampling"]["num_images"] == 132
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == g
+    assert (out / "geneval" / "grid.png").is_file() and "geneval/grid.png" in (out / "report.md").read_text()

@@ -219,13 +219,13 @@ class ARGenerator(VistokModel):
     def sample(self, labels: torch.Tensor | None = None, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                generator: torch.Generator | None = None, use_cache: bool = True,
-               prompts: list[str] | None = None) -> torch.Tensor:
+               prompts: list[str] | None = None, strict_prompts: bool = True) -> torch.Tensor:
         """labels B (class ids; ``null_class`` for unconditional) or prompts (text-conditional generators)
         -> codes B,h,w (next-scale: B,L flat)."""
         if self.text is not None:
             if prompts is None:
                 raise ValueError("this generator is text-conditional: pass prompts, not class labels")
-            labels = self.text.encode(prompts, strict=True).to(next(self.parameters()).device)
+            labels = self.text.encode(prompts, strict=strict_prompts).to(next(self.parameters()).device)
         else:
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass class labels, not prompts")
@@ -301,7 +301,7 @@ class ARGenerator(VistokModel):
             return None
         g = torch.Generator(device=batch["codes"].device).manual_seed(0)
         if self.text is not None:
-            codes = self.sample(prompts=list(batch["caption"])[:n], cfg_scale=cfg_scale, generator=g)
+            codes = self.sample(prompts=list(batch["caption"])[:n], cfg_scale=cfg_scale, generator=g, strict_prompts=False)
         else:
             codes = self.sample(batch["label"][:n], cfg_scale=cfg_scale, generator=g)
         return decode(codes)
