@@ -72,6 +72,13 @@ def main():
                                        ("cached tokens/s at 256 (batch 8, CFG)", ars["tokens_per_s_cached_256"]),
                                        ("same tokens both ways", f"{ars['same_tokens_64']} / {ars['same_tokens_256']}"),
                                        ("model", ars["model"])])
+    shapes = load("demo_shapes_metrics.json")
+    if shapes:
+        g = shapes["geneval"]
+        tasks = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+        blocks["geneval"] = "\n".join(
+            ["| task | " + " | ".join(tasks) + " | overall | detector ceiling |", "|---" * (len(tasks) + 3) + "|",
+             "| score | " + " | ".join(f"{g[t]:.3f}" for t in tasks) + f" | **{g['overall']:.3f}** | {g['detector_ceiling']:.3f} |"])
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     for name, body in blocks.items():

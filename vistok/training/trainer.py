@@ -77,6 +77,7 @@ def train(cfg: DictConfig) -> dict:
     out_dir = t.output_dir
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # without it, torchrun on CPUs starts N lone "rank 0" processes
         mixed_precision=_mixed_precision(t.mixed_precision),
         gradient_accumulation_steps=t.grad_accum_steps,
         log_with=None if t.log_with == "none" else t.log_with,
@@ -215,6 +216,7 @@ def save_checkpoint(accelerator: Accelerator, ckpt_dir: str, step: int, cfg: Dic
     tmp = final + ".tmp"
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp, safe_serialization=True)
+    accelerator.wait_for_everyone()  # every rank's RNG file is in tmp before it is renamed
     if accelerator.is_main_process:
         save_config(cfg, os.path.join(tmp, "config.yaml"))
         ckpt.finalize(tmp, final, {"step": step})
