@@ -14,6 +14,8 @@
 Writes DIR/<index>.png, DIR/grid.png and DIR/sampling.json (every setting and, for class-conditional
 samples, the label of each image, so a number can be reproduced). Same seed, same images: image i
 always comes from batch i // batch-size, whose generator is seeded with seed + that batch index.
+Under `accelerate launch` / `torchrun`, batches go round-robin to the ranks (disjoint files, the same
+images as one process).
 """
 import argparse
 import json
@@ -26,7 +28,10 @@ import torch
 
 from vistok.data.base import build_dataset
 from vistok.pipeline import Pipeline
-from vistok.sampling import class_grid, save_images, to_uint8, write_json
+from accelerate import PartialState
+
+from vistok.sampling import class_grid, read_images, save_images, to_uint8, write_json
+from vistok.training.logging import save_grid
 
 
 def main(argv=None) -> int:
@@ -61,6 +66,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     settings.update(pipeline=os.path.abspath(args.pipeline), seed=args.seed, seconds=round(time.time() - t0, 2))
+    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+        return 0
     write_json(os.path.join(args.out, "sampling.json"), settings)
     print(json.dumps({"out": args.out, "num_images": settings["num_images"], "grid": os.path.join(args.out, "grid.png"),
                       "seconds": settings["seconds"]}))
@@ -80,16 +87,23 @@ def generate(pipe, args) -> dict:
         raise ValueError(f"--class-labels {bad[:5]} out of range: this generator has classes 0..{k - 1}")
     sampling = dict(cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)
-    images = []
+    state = PartialState(cpu=not torch.cuda.is_available())
+    pipe.to(state.device)
+    # batch b (seeded with seed + b) goes to rank b % world: the same images for any number of processes
     for bi, i in enumerate(range(0, len(labels), args.batch_size)):
-        images.append(pipe(labels[i:i + args.batch_size], seed=args.seed + bi, **sampling))
-    images = torch.cat(images)
-    per_class = min(8, max(labels.count(c) for c in set(labels)))
-    save_images(images, args.out, grid=class_grid(images, labels, per_class), grid_ncol=per_class)
-    if args.npz:
-        arr = to_uint8(images)
-        np.savez(os.path.join(args.out, "samples.npz"), arr_0=arr if arr.shape[-1] == 3 else np.repeat(arr, 3, -1))
-    return {"mode": "generate", "num_images": len(labels), "labels": labels, "batch_size": args.batch_size, **sampling}
+        if bi % state.num_processes == state.process_index:
+            images = pipe(labels[i:i + args.batch_size], seed=args.seed + bi, **sampling)
+            save_images(images, args.out, start=i, grid_max=0)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        images = read_images(args.out, len(labels))
+        per_class = min(8, max(labels.count(c) for c in set(labels)))
+        save_grid(class_grid(images, labels, per_class), os.path.join(args.out, "grid.png"), nrow=per_class)
+        if args.npz:
+            arr = to_uint8(images)
+            np.savez(os.path.join(args.out, "samples.npz"), arr_0=arr if arr.shape[-1] == 3 else np.repeat(arr, 3, -1))
+    return {"mode": "generate", "num_images": len(labels), "labels": labels, "batch_size": args.batch_size,
+            "num_processes": state.num_processes, **sampling}
 
 
 def generate_prompts(pipe, args) -> dict:

@@ -63,3 +63,24 @@ def test_demo_shapes_quick(tmp_path):
     assert metrics["sampling"]["num_images"] == 132
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == g
     assert (out / "geneval" / "grid.png").is_file() and "geneval/grid.png" in (out / "report.md").read_text()
+
+
+def test_two_ranks_sample_disjoint_files_equal_to_one_process(quick_demo, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    _, rel, _ = quick_demo
+    args = ["sample.py", "--pipeline", str(rel), "--class-labels", "1", "2", "3", "4", "5", "--batch-size", "2",
+            "--seed", "3", "--cfg-scale", "2"]
+    run_cli(args + ["--out", str(tmp_path / "one")])
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args,
+                           "--out", str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for i in range(5):
+        a = np.asarray(Image.open(tmp_path / "one" / f"{i:05d}.png"))
+        b = np.asarray(Image.open(tmp_path / "two" / f"{i:05d}.png"))
+        assert np.array_equal(a, b)
+    assert json.loads((tmp_path / "two" / "sampling.json").read_text())["num_processes"] == 2

@@ -77,6 +77,11 @@ class Pipeline:
             shutil.rmtree(path)
         os.replace(tmp, path)
 
+    def to(self, device) -> "Pipeline":
+        for m in self.stages.values():
+            m.to(device)
+        return self
+
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.reconstruct(images)[0].clamp(-1, 1)

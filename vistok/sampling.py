@@ -40,6 +40,8 @@ def save_images(images: torch.Tensor, out: str, start: int = 0, grid_pairs: torc
     if grid is not None:
         save_grid(grid, os.path.join(out, "grid.png"), nrow=grid_ncol)
         return paths
+    if grid_max == 0:
+        return paths
     g = images[:grid_max]
     ncol = min(8, len(g))
     if grid_pairs is not None:
@@ -48,6 +50,13 @@ def save_images(images: torch.Tensor, out: str, start: int = 0, grid_pairs: torc
         g = torch.cat(rows)
     save_grid(g, os.path.join(out, "grid.png"), nrow=ncol)
     return paths
+
+
+def read_images(out: str, n: int) -> torch.Tensor:
+    """out/00000.png .. out/<n-1>.png -> B,C,H,W in [-1, 1] (grey stays one channel)."""
+    arrs = [np.asarray(Image.open(os.path.join(out, f"{i:05d}.png"))) for i in range(n)]
+    x = torch.from_numpy(np.stack(arrs)).float() / 127.5 - 1
+    return x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
 
 
 def write_json(path: str, obj) -> None:
