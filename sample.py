@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 
 from vistok.data.base import build_dataset
 from vistok.pipeline import Pipeline
@@ -113,14 +114,17 @@ def generate_prompts(pipe, args) -> dict:
     prompts = read_prompts(args.prompts)
     sampling = dict(cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)
-    firsts = []
-    for i, meta in enumerate(prompts):
-        images = pipe(prompts=[meta["prompt"]] * args.images_per_prompt, seed=args.seed + i, **sampling)
-        write_prompt_folder(args.out, i, meta, to_uint8(images).squeeze(-1) if images.shape[1] == 1 else to_uint8(images))
-        firsts.append(images[:1])
-    from vistok.training.logging import save_grid
-
-    save_grid(torch.cat(firsts)[:64], os.path.join(args.out, "grid.png"), nrow=8)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    pipe.to(state.device)
+    for i, meta in enumerate(prompts):  # prompt i (seed + i) on rank i % world
+        if i % state.num_processes == state.process_index:
+            images = pipe(prompts=[meta["prompt"]] * args.images_per_prompt, seed=args.seed + i, **sampling)
+            write_prompt_folder(args.out, i, meta, to_uint8(images).squeeze(-1) if images.shape[1] == 1 else to_uint8(images))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        firsts = [np.asarray(Image.open(os.path.join(args.out, f"{i:05d}", "samples", "0000.png"))) for i in range(min(64, len(prompts)))]
+        grid = torch.from_numpy(np.stack(firsts)).float() / 127.5 - 1
+        save_grid(grid[:, None] if grid.dim() == 3 else grid.permute(0, 3, 1, 2), os.path.join(args.out, "grid.png"), nrow=8)
     return {"mode": "prompts", "prompts": os.path.abspath(args.prompts), "num_prompts": len(prompts),
             "images_per_prompt": args.images_per_prompt, "num_images": len(prompts) * args.images_per_prompt, **sampling}
 
@@ -128,6 +132,8 @@ def generate_prompts(pipe, args) -> dict:
 def reconstruct(pipe, args) -> dict:
     data = build_dataset(pipe.data, "test")
     n = min(args.num_images, len(data))
+    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:  # small job: the main rank alone
+        return {"mode": "reconstruct", "num_images": n}
     inputs, recons = [], []
     with torch.no_grad():
         for i in range(0, n, args.batch_size):

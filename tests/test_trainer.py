@@ -134,3 +134,19 @@ def test_train_cli_reports_config_errors():
 
 def test_registered_test_models_do_not_leak():
     assert "vqgan" in MODELS
+
+
+def test_two_cpu_processes_train_and_checkpoint(tmp_path):
+    """torchrun on CPUs forms one process group of 2 ranks (needs Accelerator(cpu=True)); both ranks' RNG
+    states land in the checkpoint. (Loss/weight parity with one process is issue #4's test.)"""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py",
+                           "--config", "configs/vqgan/mnist.yaml", *TINY_VQ, "data.limit=64", "train.max_steps=4",
+                           "train.checkpoint_every=2", f"train.output_dir={tmp_path / 'run'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = os.listdir(tmp_path / "run" / "checkpoints" / "checkpoint-4")
+    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors"} <= set(files)
