@@ -64,7 +64,7 @@ def main():
             f"{ab['psnr_dual']:.2f} (spread {ab['psnr_dual_spread']:.2f}) | {ab['codebook_usage_dual']:.1%} |",
             f"| pixel-only, same budget | {ab['probe_acc_pixel']:.1%} (spread {ab['probe_acc_pixel_spread']:.1%}) | "
             f"{ab['psnr_pixel']:.2f} (spread {ab['psnr_pixel_spread']:.2f}) | {ab['codebook_usage_pixel']:.1%} |",
-            f"| seeds x steps | {len(ab['seeds'])} x {ab['steps']} | | |"])
+            f"| seeds x steps | {len(ab['seeds'])} x {ab['steps']}" + (" (partial run)" if ab.get("partial") else "") + " | | |"])
     ars = load("ar_sampling.json")
     if ars:
         blocks["ar_sampling"] = table([("speed-up of the KV cache, 64 tokens", f"{ars['speedup_64']}x"),
