@@ -93,6 +93,18 @@ def test_rope_2d_is_relative():
     assert abs(score([3, 5], [1, 2]) - score([3, 6], [1, 2])) > 1e-4
 
 
+def fit(model, batch, steps: int = 60, lr: float = 3e-3) -> tuple[float, float]:
+    """Train on one fixed batch; (first loss, last loss)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    first = float(model(batch)["loss"].detach())
+    for _ in range(steps):
+        loss = model(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return first, float(loss.detach())
+
+
 def tiny_scales(**kw):
     torch.manual_seed(0)
     args = dict(vocab_size=32, num_classes=5, dim=64, depth=2, heads=4, scales=[1, 2, 4])
@@ -122,14 +134,8 @@ def test_next_scale_block_causal_and_learns():
     again = model.teacher_forced_logits(labels, changed)
     assert torch.allclose(full[:, :5], again[:, :5], atol=1e-5) and not torch.allclose(full[:, 5:], again[:, 5:])
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = float(model({"codes": codes, "label": labels})["loss"])
-    for _ in range(60):
-        loss = model({"codes": codes, "label": labels})["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert float(loss) < 0.5 * first
+    first, last = fit(model, {"codes": codes, "label": labels})
+    assert last < 0.5 * first
 
 
 def tiny_text(**kw):
@@ -161,14 +167,8 @@ def test_text_conditional_learns_and_refuses_unknown_words():
     model = tiny_text(class_dropout=0.0)
     captions = ["a red circle", "a blue square", "two green triangles", "a cyan circle above a red square"] * 4
     codes = torch.randint(0, 32, (16, 4, 4), generator=torch.Generator().manual_seed(4))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = float(model({"codes": codes, "caption": captions})["loss"].detach())
-    for _ in range(60):
-        loss = model({"codes": codes, "caption": captions})["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert float(loss) < 0.5 * first
+    first, last = fit(model, {"codes": codes, "caption": captions})
+    assert last < 0.5 * first
     with pytest.raises(ValueError, match="unknown word"):
         model.sample(prompts=["a purple hexagon"])
     with pytest.raises(ValueError, match="is empty"):
