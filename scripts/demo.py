@@ -1,9 +1,14 @@
 #!/usr/bin/env python
 """`make demo`: the embedded pipeline end to end on the CPU, through the same CLIs a user runs.
 
-    tokenizer: train (configs/vqgan/mnist.yaml) -> release.py -> sample.py (reconstructions) -> evaluate.py recon
-    generator: train (configs/ar/mnist.yaml, on the cached codes) -> release.py (tokenizer + generator)
-               -> sample.py (50 per class, with and without CFG) -> evaluate.py classify -> report
+    teacher:   train (configs/teacher/mnist.yaml: a small ViT, self-supervised, no labels) -> release.py --model
+    tokenizer: train TokenFlow (configs/tokenflow/mnist.yaml) -> release.py -> sample.py (reconstructions)
+               -> evaluate.py recon
+    generator: train (configs/ar/mnist_tokenflow.yaml: next-scale, on the cached codes) -> release.py
+               (tokenizer + generator) -> sample.py (50 per class, with and without CFG) -> evaluate.py classify
+               -> report
+
+--tokenizer vqgan runs the spine's plain VQ tokenizer with a next-token generator instead (no teacher).
 
 Writes runs/demo/metrics.json ({"tokenizer": {...}, "generator": {...}}), runs/demo/report.md (with
 pictures) and a copy of the metrics in results/demo_metrics.json. Re-running resumes an interrupted training run
@@ -18,8 +23,14 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["train.max_steps=30", "model.ch=8", "model.z_channels=16", "model.codebook_size=64", "train.eval_every=15",
-         "train.image_every=15", "train.checkpoint_every=15", "train.batch_size=32"]
+QUICK_TRAIN = ["train.eval_every=15", "train.image_every=15", "train.checkpoint_every=15", "train.batch_size=32"]
+QUICK = ["train.max_steps=30", "model.ch=8", "model.z_channels=16", "model.codebook_size=64"] + QUICK_TRAIN
+QUICK_TEACHER = ["train.max_steps=10", "model.dim=16", "model.depth=1", "model.heads=2", "model.proj_dim=16"] + QUICK_TRAIN
+QUICK_TOKENFLOW = QUICK + ["model.sem_dim=16", "model.sem_depth=1", "model.sem_heads=2", "model.teacher_dim=16"]
+TOKENIZERS = {  # name -> (tokenizer config, generator config, needs the semantic teacher)
+    "tokenflow": ("configs/tokenflow/mnist.yaml", "configs/ar/mnist_tokenflow.yaml", True),
+    "vqgan": ("configs/vqgan/mnist.yaml", "configs/ar/mnist.yaml", False),
+}
 QUICK_GEN = ["train.max_steps=20", "model.vocab_size=64", "model.dim=32", "model.depth=1", "model.heads=2",
              "train.eval_every=10", "train.image_every=10", "train.checkpoint_every=10", "train.batch_size=32"]
 CFG_SCALE = 2.0
@@ -42,6 +53,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--release", default="checkpoints/demo", help="the full pipeline; the tokenizer alone goes to <release>-tokenizer")
+    p.add_argument("--tokenizer", choices=sorted(TOKENIZERS), default="tokenflow")
     p.add_argument("--quick", action="store_true", help="tiny model, 30 steps: a smoke test of the whole chain")
     p.add_argument("--results", default=None, help="also copy metrics.json here (default results/demo_metrics.json; "
                                                    "not written with --quick)")
@@ -52,8 +64,17 @@ def main():
     t_all = time.time()
     if not os.path.isdir(os.path.join(ROOT, "checkpoints", "fd_lenet")):
         stage("fd_lenet", timings, ["scripts/train_lenet.py"])
-    train_args = ["train.py", "--config", "configs/vqgan/mnist.yaml", f"train.output_dir={run_dir}",
-                  "train.resume=latest", "train.progress=false"] + (QUICK if args.quick else [])
+    tok_config, gen_config, needs_teacher = TOKENIZERS[args.tokenizer]
+    tok_overrides = []
+    if needs_teacher:
+        teacher_dir, rel_teacher = os.path.join(out, "teacher"), rel.rstrip("/") + "-teacher"
+        stage("train teacher", timings, ["train.py", "--config", "configs/teacher/mnist.yaml", f"train.output_dir={teacher_dir}",
+                                         "train.resume=latest", "train.progress=false"] + (QUICK_TEACHER if args.quick else []))
+        stage("release teacher", timings, ["release.py", "--model", teacher_dir, "--out", rel_teacher])
+        tok_overrides = [f"model.teacher={rel_teacher}"]
+    quick_tok = (QUICK_TOKENFLOW if needs_teacher else QUICK) if args.quick else []
+    train_args = ["train.py", "--config", tok_config, f"train.output_dir={run_dir}",
+                  "train.resume=latest", "train.progress=false"] + tok_overrides + quick_tok
     summary = stage("train tokenizer", timings, train_args)
     rel_tok = rel.rstrip("/") + "-tokenizer"
     stage("release tokenizer", timings, ["release.py", "--tokenizer", run_dir, "--out", rel_tok])
@@ -63,7 +84,7 @@ def main():
                                                   "--out", os.path.join(out, "eval_tokenizer.json")])
     gen_dir = os.path.join(out, "generator")
     gen_summary = stage("train generator", timings, [
-        "train.py", "--config", "configs/ar/mnist.yaml", f"data.tokenizer={rel_tok}", f"train.output_dir={gen_dir}",
+        "train.py", "--config", gen_config, f"data.tokenizer={rel_tok}", f"train.output_dir={gen_dir}",
         "train.resume=latest", "train.progress=false"] + (QUICK_GEN if args.quick else []))
     stage("release pipeline", timings, ["release.py", "--tokenizer", run_dir, "--generator", gen_dir, "--out", rel])
     gen = {}
@@ -76,6 +97,8 @@ def main():
     keys = ("psnr", "ssim", "codebook_usage", "perplexity", "fd_lenet", "num_images")
     metrics = {"tokenizer": {k: recon[k] for k in keys if k in recon}}
     metrics["tokenizer"]["protocol"] = recon["protocol"]
+    metrics["tokenizer"]["type"] = args.tokenizer
+    metrics["generator_type"] = "next-scale" if needs_teacher else "next-token"
     c, u = gen["cfg"], gen["no_cfg"]
     metrics["generator"] = {"class_accuracy": c["class_accuracy"], "fd_lenet": c["fd_lenet"],
                             "fd_lenet_floor": c["fd_lenet_floor"], "cfg_scale": CFG_SCALE,
@@ -93,7 +116,7 @@ def main():
     if results:
         os.makedirs(os.path.dirname(results), exist_ok=True)
         shutil.copyfile(os.path.join(out, "metrics.json"), results)
-    write_report(out, run_dir, rel, metrics)
+    write_report(out, run_dir, rel, metrics, args.tokenizer)
     total = round(time.time() - t_all, 1)
     print(f"\nstage times (s): {json.dumps(timings)}; total {total} s")
     print(f"reconstruction grid: {os.path.join(out, 'samples', 'grid.png')}; "
@@ -102,11 +125,11 @@ def main():
     print(json.dumps({k: metrics[k] for k in ("tokenizer", "generator")}))
 
 
-def write_report(out, run_dir, rel, metrics):
+def write_report(out, run_dir, rel, metrics, tokenizer):
     t = metrics["tokenizer"]
     grids = sorted(os.listdir(os.path.join(run_dir, "samples"))) if os.path.isdir(os.path.join(run_dir, "samples")) else []
     lines = ["# vistok demo report", "",
-             f"Tokenizer `vqgan` trained on the MNIST training split ({metrics['train']['steps']} steps, "
+             f"Tokenizer `{tokenizer}` trained on the MNIST training split ({metrics['train']['steps']} steps, "
              f"{metrics['train']['seconds']} s at {metrics['train']['steps_per_second']} steps/s), released to `{rel}`.", "",
              "## Held-out metrics (500 digits)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {t[k]:.4g} |" for k in ("psnr", "ssim", "codebook_usage", "perplexity", "fd_lenet") if k in t]
@@ -116,7 +139,7 @@ def write_report(out, run_dir, rel, metrics):
     lines += [f"![{g}](tokenizer/samples/{g})" for g in grids]
     g = metrics["generator"]
     lines += ["", "## Class-conditional generator (500 samples, 50 per class)", "",
-              f"AR GPT over the tokenizer's 8x8 codes ({metrics['train_generator']['steps']} steps, "
+              f"AR GPT ({metrics['generator_type']}) over the tokenizer's codes ({metrics['train_generator']['steps']} steps, "
               f"{metrics['train_generator']['seconds']} s).", "",
               "| figure | CFG " + str(g["cfg_scale"]) + " | no CFG |", "|---|---|---|",
               f"| LeNet reads the requested digit | {g['class_accuracy']:.1%} | {g['class_accuracy_no_cfg']:.1%} |",

@@ -1,7 +1,10 @@
 """VQGAN-style convolutional encoder/decoder (taming-transformers / LlamaGen layout).
 
 ``ch_mult`` has one entry per resolution level; each level after the first halves the resolution,
-so the downsampling factor is 2 ** (len(ch_mult) - 1). LlamaGen VQ-16: ch 128, ch_mult (1,1,2,2,4).
+so the downsampling factor is 2 ** (len(ch_mult) - 1). LlamaGen VQ-16: ch 128, ch_mult (1,1,2,2,4),
+``attn_last_level=True`` (an attention block after every residual block of the lowest resolution) and
+``downsample_pad="asymmetric"`` (pad right/bottom by one, then a stride-2 conv without padding), which
+is what ``vistok.convert`` needs to load its weights exactly.
 """
 from __future__ import annotations
 
@@ -41,9 +44,23 @@ class AttnBlock(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv; ``pad`` "symmetric" (padding 1) or "asymmetric" (right/bottom only, taming/LlamaGen)."""
+
+    def __init__(self, ch: int, pad: str = "symmetric"):
+        super().__init__()
+        if pad not in ("symmetric", "asymmetric"):
+            raise ValueError(f"downsample_pad='{pad}'; expected 'symmetric' or 'asymmetric'")
+        self.asymmetric = pad == "asymmetric"
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0 if self.asymmetric else 1)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.asymmetric else x)
+
+
 class Encoder(nn.Module):
     def __init__(self, in_channels=3, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=256,
-                 attn_mid=True, dropout=0.0):
+                 attn_mid=True, dropout=0.0, attn_last_level=False, downsample_pad="symmetric"):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         blocks, cin = [], ch
@@ -52,8 +69,10 @@ class Encoder(nn.Module):
             for _ in range(num_res_blocks):
                 blocks.append(ResBlock(cin, cout, dropout))
                 cin = cout
+                if attn_last_level and level == len(ch_mult) - 1:
+                    blocks.append(AttnBlock(cin))
             if level < len(ch_mult) - 1:
-                blocks.append(nn.Conv2d(cin, cin, 3, stride=2, padding=1))
+                blocks.append(Downsample(cin, downsample_pad))
         self.down = nn.Sequential(*blocks)
         mid = [ResBlock(cin, cin, dropout)] + ([AttnBlock(cin)] if attn_mid else []) + [ResBlock(cin, cin, dropout)]
         self.mid = nn.Sequential(*mid)
@@ -75,7 +94,7 @@ class Upsample(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(self, out_channels=3, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=256,
-                 attn_mid=True, dropout=0.0):
+                 attn_mid=True, dropout=0.0, attn_last_level=False):
         super().__init__()
         cin = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, cin, 3, padding=1)
@@ -87,6 +106,8 @@ class Decoder(nn.Module):
             for _ in range(num_res_blocks + 1):
                 blocks.append(ResBlock(cin, cout, dropout))
                 cin = cout
+                if attn_last_level and level == len(ch_mult) - 1:
+                    blocks.append(AttnBlock(cin))
             if level > 0:
                 blocks.append(Upsample(cin))
         self.up = nn.Sequential(*blocks)

@@ -6,6 +6,8 @@ several sampling runs at once and ``state_dict`` stays weights only.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext as _nullcontext
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -76,29 +78,39 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v, start)
         causal = isinstance(mask, str) and mask == "causal"  # full causal pass: let SDPA use its fused kernel
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(out.transpose(1, 2).reshape(b, t, -1))
+        dtype, fp32 = q.dtype, q.device.type == "cpu" and q.dtype == torch.bfloat16
+        # On CPU the bf16 SDPA backward is ~8x slower than fp32 (25 ms vs 3.7 ms per call at 64 tokens, dim 64),
+        # so attention runs in fp32 there, outside autocast (which would cast it back to bf16).
+        with torch.autocast(device_type="cpu", enabled=False) if fp32 else _nullcontext():
+            if fp32:
+                q, k, v = q.float(), k.float(), v.float()
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                                 dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.to(dtype).transpose(1, 2).reshape(b, t, -1))
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.w12 = nn.Linear(dim, 2 * hidden, bias=False)
         self.w3 = nn.Linear(hidden, dim, bias=False)
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
         a, b = self.w12(x).chunk(2, -1)
-        return self.w3(self.drop(F.silu(a) * b))
+        return self.w3(F.silu(a) * b)
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 8 / 3, dropout: float = 0.0):
+    """Pre-norm block. ``dropout`` acts on the two residual branches' outputs (LlamaGen's resid/ffn dropout,
+    not on the wider MLP hidden layer); attention-probability
+    dropout (``attn_dropout``) is off by default, as in LlamaGen (and on CPU it would cost more than the
+    rest of a small block: SDPA falls back to its unfused path to draw the mask)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 8 / 3, dropout: float = 0.0, attn_dropout: float = 0.0):
         super().__init__()
         hidden = int(dim * mlp_ratio + 7) // 8 * 8
-        self.norm1, self.attn = RMSNorm(dim), Attention(dim, heads, dropout)
-        self.norm2, self.mlp = RMSNorm(dim), SwiGLU(dim, hidden, dropout)
+        self.norm1, self.attn = RMSNorm(dim), Attention(dim, heads, attn_dropout)
+        self.norm2, self.mlp = RMSNorm(dim), SwiGLU(dim, hidden)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, angles, mask=None, cache=None, layer=0, start=0):

@@ -13,6 +13,13 @@ the tokenizer's weights. ``semantic=False`` gives the ablation's pixel-only VQ w
 budget (codebook size and scales).
 
 Codes: one s x s map per scale, flattened in scale order (``scales``: the generator's token layout).
+
+Options for the official layout (``vistok.convert.tokenflow``): ``decoder_input="pixel"`` (the pixel decoder
+reads only the pixel half, as in TokenFlow's code; the default feeds it both halves), ``decoder_ch`` /
+``decoder_res_blocks`` (TokenFlow's "enhanced" wider decoder), ``attn_last_level`` / ``downsample_pad``
+(LlamaGen's conv layout), ``decode_only`` (codebooks + decoder: a converted checkpoint whose semantic tower
+is not in vistok). Scale drop truncates to a prefix of scales (TokenFlow's code removes one random scale
+after the first instead); both teach the decoder partial sums.
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ class TokenFlow(Tokenizer):
         num_res_blocks: int = 2,
         z_channels: int = 256,
         attn_mid: bool = True,
+        attn_last_level: bool = False,
+        downsample_pad: str = "symmetric",
         semantic: bool = True,
         sem_patch: int = 16,
         sem_dim: int = 768,
@@ -63,36 +72,46 @@ class TokenFlow(Tokenizer):
         pixel_loss: str = "l2",
         w_vq: float = 1.0,
         w_semantic: float = 1.0,
+        decoder_input: str = "both",
+        decoder_ch: int = 0,
+        decoder_res_blocks: int = 0,
+        decode_only: bool = False,
     ):
         super().__init__()
         grid = image_size // 2 ** (len(ch_mult) - 1)
         if scales[-1] != grid:
             raise ValueError(f"tokenflow: the last scale ({scales[-1]}) must equal the encoder grid {grid} "
                              f"(image_size {image_size}, ch_mult {list(ch_mult)})")
-        if semantic and image_size // sem_patch != grid:
+        if semantic and not decode_only and image_size // sem_patch != grid:
             raise ValueError(f"tokenflow: semantic grid {image_size // sem_patch} (sem_patch {sem_patch}) != pixel grid {grid}")
+        if decoder_input not in ("both", "pixel"):
+            raise ValueError(f"tokenflow: decoder_input='{decoder_input}'; expected 'both' or 'pixel'")
         if pixel_loss not in ("l1", "l2"):
             raise ValueError(f"tokenflow: pixel_loss='{pixel_loss}'; expected 'l1' or 'l2'")
         self.image_size, self.in_channels, self.grid = image_size, in_channels, grid
         self.codebook_size, self.scales = codebook_size, list(scales)
         self.semantic, self.dim_sem = semantic, dim_sem if semantic else 0
         self.pixel_loss, self.w_vq, self.w_semantic = pixel_loss, w_vq, w_semantic
-        self.teacher_path = teacher
-        arch = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=z_channels, attn_mid=attn_mid)
-        self.pixel_encoder = Encoder(in_channels=in_channels, **arch)
-        self.pixel_proj = nn.Conv2d(z_channels, dim_pix, 1)
-        if semantic:
+        self.teacher_path, self.decoder_input, self.decode_only = teacher, decoder_input, decode_only
+        arch = dict(ch_mult=tuple(ch_mult), z_channels=z_channels, attn_mid=attn_mid, attn_last_level=attn_last_level)
+        if not decode_only:
+            self.pixel_encoder = Encoder(in_channels=in_channels, ch=ch, num_res_blocks=num_res_blocks,
+                                         downsample_pad=downsample_pad, **arch)
+            self.pixel_proj = nn.Conv2d(z_channels, dim_pix, 1)
+        if semantic and not decode_only:
             self.semantic_encoder = ViT(image_size, sem_patch, in_channels, sem_dim, sem_depth, sem_heads)
             self.semantic_proj = nn.Sequential(nn.Linear(sem_dim, sem_dim), nn.Tanh(), nn.Linear(sem_dim, dim_sem))
             self.semantic_decoder = nn.Sequential(nn.Linear(dim_sem, sem_dim),
                                                   TransformerStack(sem_dim, sem_decoder_depth, sem_heads, grid),
                                                   nn.Linear(sem_dim, teacher_dim))
+        if semantic:
             quant = DualCodebook(codebook_size, dim_sem, dim_pix, w_sem, w_pix, commitment_weight)
         else:
             quant = VQ(dim_pix, codebook_size, l2_norm=True, ema=False, commitment_weight=commitment_weight)
         self.quantizer = MultiScaleResidualVQ(quant, scales, scale_drop)
-        self.post_quant = nn.Conv2d(self.dim_sem + dim_pix, z_channels, 1)
-        self.decoder = Decoder(out_channels=in_channels, **arch)
+        self.post_quant = nn.Conv2d((self.dim_sem if decoder_input == "both" else 0) + dim_pix, z_channels, 1)
+        self.decoder = Decoder(out_channels=in_channels, ch=decoder_ch or ch,
+                               num_res_blocks=decoder_res_blocks or num_res_blocks, **arch)
         object.__setattr__(self, "_teacher", None)  # not a submodule: never in state_dict
 
     @property
@@ -101,6 +120,9 @@ class TokenFlow(Tokenizer):
 
     # ---- the tokenizer interface --------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.decode_only:
+            raise RuntimeError("tokenflow: this model was built decode_only (e.g. converted from an official checkpoint "
+                               "without its CLIP/ViTamin/SigLIP tower): it decodes codes but cannot encode images")
         pix = self.pixel_proj(self.pixel_encoder(images))
         if not self.semantic:
             return pix
@@ -118,11 +140,17 @@ class TokenFlow(Tokenizer):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes B,L (all scales) or a list of per-scale maps (a prefix decodes coarsely) -> images."""
         maps = self.quantizer.unflatten(codes) if torch.is_tensor(codes) else codes
-        return self.decoder(self.post_quant(self.quantizer.decode_codes(maps)))
+        return self.decode_features(self.quantizer.decode_codes(maps))
+
+    def decode_features(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """Quantised features B,(d_sem+d_pix),H,W -> images (the pixel half only with decoder_input='pixel')."""
+        if self.decoder_input == "pixel":
+            f_hat = f_hat[:, self.dim_sem:]
+        return self.decoder(self.post_quant(f_hat))
 
     def reconstruct(self, images: torch.Tensor):
         f_hat, codes, _ = self.quantize(images)
-        return self.decoder(self.post_quant(f_hat)), self.quantizer.flatten(codes)
+        return self.decode_features(f_hat), self.quantizer.flatten(codes)
 
     # ---- training -----------------------------------------------------------------------------
     def teacher(self):
@@ -139,7 +167,7 @@ class TokenFlow(Tokenizer):
     def forward(self, batch: dict, step: int = 0, **_) -> dict:
         x = batch["image"]
         f_hat, _codes, vq_loss = self.quantize(x)
-        xr = self.decoder(self.post_quant(f_hat))
+        xr = self.decode_features(f_hat)
         rec = F.l1_loss(xr, x) if self.pixel_loss == "l1" else F.mse_loss(xr, x)
         out = {"rec": rec, "vq": vq_loss}
         loss = rec + self.w_vq * vq_loss

@@ -28,6 +28,8 @@ class VQGAN(Tokenizer):
         num_res_blocks: int = 2,
         z_channels: int = 256,
         attn_mid: bool = True,
+        attn_last_level: bool = False,
+        downsample_pad: str = "symmetric",
         dropout: float = 0.0,
         codebook_size: int = 16384,
         codebook_dim: int = 8,
@@ -53,8 +55,8 @@ class VQGAN(Tokenizer):
         self.recon_loss, self.gan_weight = recon_loss, gan_weight
         self.disc_args = dict(in_channels=in_channels, ch=disc_ch, num_layers=disc_layers)
         arch = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=z_channels,
-                    attn_mid=attn_mid, dropout=dropout)
-        self.encoder = Encoder(in_channels=in_channels, **arch)
+                    attn_mid=attn_mid, dropout=dropout, attn_last_level=attn_last_level)
+        self.encoder = Encoder(in_channels=in_channels, downsample_pad=downsample_pad, **arch)
         self.decoder = Decoder(out_channels=in_channels, **arch)
         self.quant_conv = torch.nn.Conv2d(z_channels, codebook_dim, 1)
         self.post_quant_conv = torch.nn.Conv2d(codebook_dim, z_channels, 1)
