@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """`make demo`: the embedded pipeline end to end on the CPU, through the same CLIs a user runs.
 
-    teacher:   train (configs/teacher/mnist.yaml: a small ViT, self-supervised, no labels) -> release.py --model
+    teacher:   the committed checkpoints/teacher-mnist (a small ViT trained self-supervised, without labels, by
+               configs/teacher/mnist.yaml; retrained and released here only when it is missing)
     tokenizer: train TokenFlow (configs/tokenflow/mnist.yaml) -> release.py -> sample.py (reconstructions)
                -> evaluate.py recon
     generator: train (configs/ar/mnist_tokenflow.yaml: next-scale, on the cached codes) -> release.py
@@ -27,6 +28,7 @@ QUICK_TRAIN = ["train.eval_every=15", "train.image_every=15", "train.checkpoint_
 QUICK = ["train.max_steps=30", "model.ch=8", "model.z_channels=16", "model.codebook_size=64"] + QUICK_TRAIN
 QUICK_TEACHER = ["train.max_steps=10", "model.dim=16", "model.depth=1", "model.heads=2", "model.proj_dim=16"] + QUICK_TRAIN
 QUICK_TOKENFLOW = QUICK + ["model.sem_dim=16", "model.sem_depth=1", "model.sem_heads=2", "model.teacher_dim=16"]
+TEACHER = "checkpoints/teacher-mnist"  # committed; stands in for the CLIP that TokenFlow loads, not trains
 TOKENIZERS = {  # name -> (tokenizer config, generator config, needs the semantic teacher)
     "tokenflow": ("configs/tokenflow/mnist.yaml", "configs/ar/mnist_tokenflow.yaml", True),
     "vqgan": ("configs/vqgan/mnist.yaml", "configs/ar/mnist.yaml", False),
@@ -66,11 +68,13 @@ def main():
         stage("fd_lenet", timings, ["scripts/train_lenet.py"])
     tok_config, gen_config, needs_teacher = TOKENIZERS[args.tokenizer]
     tok_overrides = []
-    if needs_teacher:
-        teacher_dir, rel_teacher = os.path.join(out, "teacher"), rel.rstrip("/") + "-teacher"
-        stage("train teacher", timings, ["train.py", "--config", "configs/teacher/mnist.yaml", f"train.output_dir={teacher_dir}",
-                                         "train.resume=latest", "train.progress=false"] + (QUICK_TEACHER if args.quick else []))
-        stage("release teacher", timings, ["release.py", "--model", teacher_dir, "--out", rel_teacher])
+    if needs_teacher:  # the committed teacher (checkpoints/teacher-mnist) unless it is missing, or --quick
+        rel_teacher = rel.rstrip("/") + "-teacher" if args.quick else TEACHER
+        if args.quick or not os.path.isdir(os.path.join(ROOT, rel_teacher)):
+            teacher_dir = os.path.join(out, "teacher")
+            stage("train teacher", timings, ["train.py", "--config", "configs/teacher/mnist.yaml", f"train.output_dir={teacher_dir}",
+                                             "train.resume=latest", "train.progress=false"] + (QUICK_TEACHER if args.quick else []))
+            stage("release teacher", timings, ["release.py", "--model", teacher_dir, "--out", rel_teacher])
         tok_overrides = [f"model.teacher={rel_teacher}"]
     quick_tok = (QUICK_TOKENFLOW if needs_teacher else QUICK) if args.quick else []
     train_args = ["train.py", "--config", tok_config, f"train.output_dir={run_dir}",

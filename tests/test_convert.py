@@ -5,6 +5,7 @@ import math
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,8 +147,11 @@ def test_converted_llamagen_pipeline_samples_from_the_cli(tmp_path):
     out = tmp_path / "rel"
     proc = run_cli(["convert.py", "llamagen", "--vq", vq, "--gpt", gpt, "--out", str(out), "--image-size", "8"])
     assert '"stages": ["tokenizer", "generator"]' in proc.stdout
-    run_cli(["sample.py", "--pipeline", str(out), "--out", str(tmp_path / "s"), "--class-labels", "0", "3", "--cfg-scale", "1.5"])
-    assert (tmp_path / "s" / "00001.png").is_file()
+    args = ["sample.py", "--pipeline", str(out), "--class-labels", "0", "3", "--cfg-scale", "1.5", "--seed", "1", "--npz"]
+    run_cli(args + ["--out", str(tmp_path / "eager")])
+    run_cli(args + ["--out", str(tmp_path / "compiled"), "--compile"])  # torch.compile'd blocks and decoder
+    eager, compiled = (np.load(tmp_path / d / "samples.npz")["arr_0"].astype(int) for d in ("eager", "compiled"))
+    assert eager.shape == (2, 8, 8, 3) and np.abs(eager - compiled).max() <= 1
 
 
 def test_tokenflow_decodes_codes_like_the_official_decode_code(tmp_path):

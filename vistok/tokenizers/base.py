@@ -10,6 +10,21 @@ from vistok.modeling import VistokModel
 class Tokenizer(VistokModel):
     kind = "tokenizer"
     codebook_size: int
+    lpips_weight: float = 0.0
+    lpips_path: str = ""
+
+    def perceptual_loss(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Mean LPIPS, the network read once from ``lpips_path`` (local VGG-16 weights; never in state_dict)."""
+        net = self.__dict__.get("_lpips")
+        if net is None:
+            if not self.lpips_path:
+                raise ValueError(f"{self.model_type}: lpips_weight={self.lpips_weight} needs model.lpips_path: a folder "
+                                 f"with vgg16.safetensors|vgg16.pth [and lin.pth] (see vistok/nn/lpips.py)")
+            from vistok.nn.lpips import load_lpips
+
+            net = load_lpips(self.lpips_path, next(self.parameters()).device)
+            object.__setattr__(self, "_lpips", net)
+        return net(reconstruction, images).mean()
 
     def reconstruct(self, images: torch.Tensor):
         raise NotImplementedError

@@ -7,7 +7,9 @@
                                                       -> f_hat[:d_sem] -> semantic decoder -> teacher features
 
 Losses: pixel L1/L2 + w_vq * VQ (codebook + 0.25 commitment per half) + w_semantic * (1 - cos) between
-the semantic decoder's output and the frozen teacher's patch features. The teacher (``teacher``: a
+the semantic decoder's output and the frozen teacher's patch features; optionally lpips_weight * LPIPS
+(VGG-16 weights from ``lpips_path``) and, once the trainer starts the adversarial phase, gan_weight * a
+PatchGAN hinge term (TokenFlow: LPIPS 1, GAN 0.5 after 20k steps). The teacher (``teacher``: a
 local folder of a released ``vit_teacher``) is loaded when training needs it and is never part of
 the tokenizer's weights. ``semantic=False`` gives the ablation's pixel-only VQ with the same code
 budget (codebook size and scales).
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 
 from vistok.modeling import VistokModel, freeze
 from vistok.nn.conv import Decoder, Encoder
+from vistok.nn.discriminator import PatchGAN, hinge_g_loss
 from vistok.nn.vit import TransformerStack, ViT
 from vistok.quantizers.dual import DualCodebook
 from vistok.quantizers.multiscale import MultiScaleResidualVQ
@@ -72,6 +75,11 @@ class TokenFlow(Tokenizer):
         pixel_loss: str = "l2",
         w_vq: float = 1.0,
         w_semantic: float = 1.0,
+        lpips_weight: float = 0.0,
+        lpips_path: str = "",
+        gan_weight: float = 0.0,
+        disc_ch: int = 64,
+        disc_layers: int = 3,
         decoder_input: str = "both",
         decoder_ch: int = 0,
         decoder_res_blocks: int = 0,
@@ -92,6 +100,8 @@ class TokenFlow(Tokenizer):
         self.codebook_size, self.scales = codebook_size, list(scales)
         self.semantic, self.dim_sem = semantic, dim_sem if semantic else 0
         self.pixel_loss, self.w_vq, self.w_semantic = pixel_loss, w_vq, w_semantic
+        self.lpips_weight, self.lpips_path = lpips_weight, lpips_path
+        self.gan_weight, self.disc_args = gan_weight, dict(in_channels=in_channels, ch=disc_ch, num_layers=disc_layers)
         self.teacher_path, self.decoder_input, self.decode_only = teacher, decoder_input, decode_only
         arch = dict(ch_mult=tuple(ch_mult), z_channels=z_channels, attn_mid=attn_mid, attn_last_level=attn_last_level)
         if not decode_only:
@@ -164,13 +174,19 @@ class TokenFlow(Tokenizer):
             object.__setattr__(self, "_teacher", t.to(next(self.parameters()).device))
         return self._teacher
 
-    def forward(self, batch: dict, step: int = 0, **_) -> dict:
+    def build_discriminator(self):
+        return PatchGAN(**self.disc_args) if self.gan_weight > 0 else None
+
+    def forward(self, batch: dict, step: int = 0, adversarial: bool = False, discriminator=None, **_) -> dict:
         x = batch["image"]
         f_hat, _codes, vq_loss = self.quantize(x)
         xr = self.decode_features(f_hat)
         rec = F.l1_loss(xr, x) if self.pixel_loss == "l1" else F.mse_loss(xr, x)
         out = {"rec": rec, "vq": vq_loss}
         loss = rec + self.w_vq * vq_loss
+        if self.lpips_weight > 0:
+            out["lpips"] = self.perceptual_loss(xr, x)
+            loss = loss + self.lpips_weight * out["lpips"]
         if self.semantic and self.w_semantic > 0:
             with torch.no_grad():
                 target = self.teacher().tokens(x).float()
@@ -178,7 +194,11 @@ class TokenFlow(Tokenizer):
             pred = self.semantic_decoder(sem_in).float()
             out["semantic"] = (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
             loss = loss + self.w_semantic * out["semantic"]
+        if adversarial and discriminator is not None and self.gan_weight > 0:
+            out["gan_g"] = hinge_g_loss(discriminator, xr)
+            loss = loss + self.gan_weight * out["gan_g"]
         out["loss"] = loss
+        out["_real"], out["_fake"] = x, xr
         return out
 
     @torch.no_grad()

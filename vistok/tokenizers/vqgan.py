@@ -41,6 +41,8 @@ class VQGAN(Tokenizer):
         commitment_weight: float = 0.25,
         recon_loss: str = "l2",
         gan_weight: float = 0.0,
+        lpips_weight: float = 0.0,
+        lpips_path: str = "",
         disc_ch: int = 64,
         disc_layers: int = 3,
     ):
@@ -53,6 +55,7 @@ class VQGAN(Tokenizer):
         self.image_size, self.in_channels, self.codebook_size = image_size, in_channels, codebook_size
         self.token_shape = (image_size // factor, image_size // factor)
         self.recon_loss, self.gan_weight = recon_loss, gan_weight
+        self.lpips_weight, self.lpips_path = lpips_weight, lpips_path
         self.disc_args = dict(in_channels=in_channels, ch=disc_ch, num_layers=disc_layers)
         arch = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=z_channels,
                     attn_mid=attn_mid, dropout=dropout, attn_last_level=attn_last_level)
@@ -87,6 +90,9 @@ class VQGAN(Tokenizer):
         rec = F.l1_loss(xr, x) if self.recon_loss == "l1" else F.mse_loss(xr, x)
         out = {"rec": rec, "vq": vq_loss}
         loss = rec + vq_loss
+        if self.lpips_weight > 0:
+            out["lpips"] = self.perceptual_loss(xr, x)
+            loss = loss + self.lpips_weight * out["lpips"]
         if adversarial and discriminator is not None and self.gan_weight > 0:
             out["gan_g"] = hinge_g_loss(discriminator, xr)
             loss = loss + self.gan_weight * out["gan_g"]
