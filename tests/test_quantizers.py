@@ -65,3 +65,33 @@ def test_multiscale_encode_decode_round_trip(inner):
     torch.manual_seed(1)
     lengths = {len(ms(f)[1]) for _ in range(20)}
     assert 4 in lengths and min(lengths) < 4
+
+
+def test_dual_codebook_reseeds_dead_codes_from_the_batch():
+    from vistok.quantizers.dual import DualCodebook
+
+    torch.manual_seed(0)
+    # features in a narrow cone: with random codebooks only a few indices are ever nearest
+    z = torch.randn(4, 12, 8, 8) * 0.05 + torch.cat([torch.ones(8), torch.ones(4)])[None, :, None, None]
+    used = lambda q: q(z)[1].unique().numel()  # noqa: E731
+    plain, reseeding = DualCodebook(64, 8, 4), DualCodebook(64, 8, 4, dead_code_threshold=1.0)
+    reseeding.load_state_dict({**plain.state_dict(), "usage": reseeding.usage}, strict=True)
+    before = used(plain.eval())
+    reseeding.train()
+    for _ in range(30):
+        reseeding(z)
+    assert used(reseeding.eval()) > 2 * before
+    assert "usage" in reseeding.state_dict() and "usage" not in plain.state_dict()
+
+
+def test_l2norm_vq_reseeds_dead_codes_too():
+    from vistok.quantizers.vq import L2NormVQ
+
+    torch.manual_seed(0)
+    z = torch.randn(4, 6, 8, 8) * 0.05 + 1
+    q = L2NormVQ(6, 64, dead_code_threshold=1.0)
+    before = q.eval()(z)[1].unique().numel()
+    q.train()
+    for _ in range(30):
+        q(z)
+    assert q.eval()(z)[1].unique().numel() > 2 * before

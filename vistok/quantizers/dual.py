@@ -7,6 +7,11 @@ l2-normalised. For a feature split into (z_sem, z_pix), both normalised, the ind
 
 and both halves are replaced by their entries of that one index (straight-through). Loss per half:
 codebook ||sg(z) - e||^2 + beta * commitment ||z - sg(e)||^2 (TokenFlow's code uses w = 1).
+
+``dead_code_threshold`` > 0 re-seeds, in training, every index whose use (an EMA of counts per step,
+``usage_decay``) fell below it with a feature pair of the current batch, both halves at once
+(``vistok.quantizers.dead_codes``). TokenFlow's code has no such step (its codebooks are large and its runs
+long); at toy scale it lifts perplexity and PSNR.
 """
 from __future__ import annotations
 
@@ -14,15 +19,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vistok.quantizers.dead_codes import reseed_dead_codes
+
 
 class DualCodebook(nn.Module):
     def __init__(self, codebook_size: int, dim_sem: int, dim_pix: int, w_sem: float = 1.0, w_pix: float = 1.0,
-                 commitment_weight: float = 0.25):
+                 commitment_weight: float = 0.25, dead_code_threshold: float = 0.0, usage_decay: float = 0.99):
         super().__init__()
         self.codebook_size, self.dim_sem, self.dim_pix = codebook_size, dim_sem, dim_pix
         self.w_sem, self.w_pix, self.beta = w_sem, w_pix, commitment_weight
+        self.dead_code_threshold, self.usage_decay = dead_code_threshold, usage_decay
         self.embed_sem = nn.Parameter(torch.randn(codebook_size, dim_sem))
         self.embed_pix = nn.Parameter(torch.randn(codebook_size, dim_pix))
+        if dead_code_threshold > 0:  # saved with the weights so that a resumed run continues exactly
+            self.register_buffer("usage", torch.full((codebook_size,), float(dead_code_threshold)))
 
     @property
     def dim(self) -> int:
@@ -44,6 +54,9 @@ class DualCodebook(nn.Module):
             zs = F.normalize(flat[:, : self.dim_sem], dim=-1)
             zp = F.normalize(flat[:, self.dim_sem:], dim=-1)
             codes = self.distances(zs, zp).argmin(-1)
+            if self.training and self.dead_code_threshold > 0:
+                reseed_dead_codes(self.usage, codes, self.dead_code_threshold, self.usage_decay,
+                                  [(self.embed_sem, zs), (self.embed_pix, zp)])
             cs, cp = self.codebooks()
             qs, qp = cs[codes], cp[codes]
             loss = (F.mse_loss(qs, zs.detach()) + self.beta * F.mse_loss(qs.detach(), zs)

@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from vector_quantize_pytorch import VectorQuantize
 
+from vistok.quantizers.dead_codes import reseed_dead_codes
+
 
 class VQ(nn.Module):
     def __init__(self, dim: int, codebook_size: int, codebook_dim: int | None = None, l2_norm: bool = True,
@@ -24,7 +26,7 @@ class VQ(nn.Module):
         super().__init__()
         self.codebook_size = codebook_size
         if l2_norm and not ema:
-            self.vq = L2NormVQ(dim, codebook_size, commitment_weight)
+            self.vq = L2NormVQ(dim, codebook_size, commitment_weight, dead_code_threshold)
             return
         self.vq = VectorQuantize(
             dim=dim, codebook_size=codebook_size, codebook_dim=codebook_dim if codebook_dim != dim else None,
@@ -49,10 +51,14 @@ class VQ(nn.Module):
 class L2NormVQ(nn.Module):
     """Nearest l2-normalised code to the l2-normalised input; codebook learnt by gradients."""
 
-    def __init__(self, dim: int, codebook_size: int, commitment_weight: float = 0.25):
+    def __init__(self, dim: int, codebook_size: int, commitment_weight: float = 0.25, dead_code_threshold: float = 0.0,
+                 usage_decay: float = 0.99):
         super().__init__()
         self.embedding = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size))
         self.beta = commitment_weight
+        self.dead_code_threshold, self.usage_decay = dead_code_threshold, usage_decay
+        if dead_code_threshold > 0:  # see vistok.quantizers.dead_codes
+            self.register_buffer("usage", torch.full((codebook_size,), float(dead_code_threshold)))
 
     def codebook(self) -> torch.Tensor:
         return F.normalize(self.embedding, dim=-1)
@@ -62,6 +68,8 @@ class L2NormVQ(nn.Module):
         flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, c), dim=-1)
         cb = self.codebook()
         codes = (flat @ cb.t()).argmax(-1)  # max cosine == min euclidean distance between unit vectors
+        if self.training and self.dead_code_threshold > 0:
+            reseed_dead_codes(self.usage, codes, self.dead_code_threshold, self.usage_decay, [(self.embedding, flat)])
         zq = cb[codes]
         loss = F.mse_loss(zq, flat.detach()) + self.beta * F.mse_loss(zq.detach(), flat)
         zq = flat + (zq - flat).detach()

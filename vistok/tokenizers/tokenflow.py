@@ -70,6 +70,7 @@ class TokenFlow(Tokenizer):
         w_sem: float = 1.0,
         w_pix: float = 1.0,
         commitment_weight: float = 0.25,
+        dead_code_threshold: float = 0.0,
         scales: list[int] = (1, 2, 4, 6, 8, 10, 12, 14, 16),
         scale_drop: float = 0.1,
         pixel_loss: str = "l2",
@@ -115,9 +116,10 @@ class TokenFlow(Tokenizer):
                                                   TransformerStack(sem_dim, sem_decoder_depth, sem_heads, grid),
                                                   nn.Linear(sem_dim, teacher_dim))
         if semantic:
-            quant = DualCodebook(codebook_size, dim_sem, dim_pix, w_sem, w_pix, commitment_weight)
+            quant = DualCodebook(codebook_size, dim_sem, dim_pix, w_sem, w_pix, commitment_weight, dead_code_threshold)
         else:
-            quant = VQ(dim_pix, codebook_size, l2_norm=True, ema=False, commitment_weight=commitment_weight)
+            quant = VQ(dim_pix, codebook_size, l2_norm=True, ema=False, commitment_weight=commitment_weight,
+                       dead_code_threshold=dead_code_threshold)
         self.quantizer = MultiScaleResidualVQ(quant, scales, scale_drop)
         self.post_quant = nn.Conv2d((self.dim_sem if decoder_input == "both" else 0) + dim_pix, z_channels, 1)
         self.decoder = Decoder(out_channels=in_channels, ch=decoder_ch or ch,
