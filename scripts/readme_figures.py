@@ -24,7 +24,7 @@ def main():
     demo = load("demo_metrics.json")
     if demo:
         t = demo["tokenizer"]
-        blocks["demo"] = table([("held-out PSNR (dB)", f"{t['psnr']:.2f}"), ("SSIM", f"{t['ssim']:.4f}"),
+        blocks["demo"] = table([("tokenizer", f"`{t.get('type', 'vqgan')}`"), ("held-out PSNR (dB)", f"{t['psnr']:.2f}"), ("SSIM", f"{t['ssim']:.4f}"),
                                 ("codebook usage", f"{t['codebook_usage']:.1%}"), ("perplexity", f"{t['perplexity']:.0f}"),
                                 ("FD-LeNet (reconstructions vs originals)", f"{t['fd_lenet']:.2f}"),
                                 ("training time (s)", f"{demo['train']['seconds']:.0f} ({demo['train']['steps']} steps, "
@@ -51,11 +51,16 @@ def main():
                                  ("per-repeat ratios", ", ".join(f"{r:+.1%}" for r in bench["per_repeat_overhead"])),
                                  ("bare loop steps/s", bench["bare_steps_per_s"]),
                                  ("trainer steps/s", bench["trainer_steps_per_s"]), ("steps x repeats", f"{bench['steps']} x {bench['repeats']}")])
-    tf = load("tokenflow_mnist.json")
-    if tf:
-        blocks["tokenflow"] = table([("held-out PSNR (dB)", f"{tf['psnr']:.2f}"), ("SSIM", f"{tf['ssim']:.4f}"),
-                                     ("codebook usage (all scales)", f"{tf['codebook_usage']:.1%}"),
-                                     ("perplexity", f"{tf['perplexity']:.0f}"), ("FD-LeNet (recon vs originals)", f"{tf['fd_lenet']:.2f}")])
+    vq = load("demo_vqgan_metrics.json")
+    if vq:
+        t, g = vq["tokenizer"], vq["generator"]
+        blocks["demo_vqgan"] = table([
+            ("held-out PSNR (dB) / SSIM", f"{t['psnr']:.2f} / {t['ssim']:.4f}"),
+            ("codebook usage / perplexity", f"{t['codebook_usage']:.1%} / {t['perplexity']:.0f}"),
+            ("FD-LeNet (reconstructions vs originals)", f"{t['fd_lenet']:.2f}"),
+            (f"LeNet reads the requested digit, CFG {g['cfg_scale']} / none", f"{g['class_accuracy']:.1%} / {g['class_accuracy_no_cfg']:.1%}"),
+            ("FD-LeNet of samples, CFG / none (floor)", f"{g['fd_lenet']:.1f} / {g['fd_lenet_no_cfg']:.1f} ({g['fd_lenet_floor']:.1f})"),
+            ("training: tokenizer / generator (s)", f"{vq['train']['seconds']:.0f} / {vq['train_generator']['seconds']:.0f}")])
     ab = load("tokenflow_ablation.json")
     if ab:
         blocks["ablation"] = "\n".join([
