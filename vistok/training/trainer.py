@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 
@@ -132,6 +133,7 @@ def train(cfg: DictConfig) -> dict:
     pbar = tqdm(total=t.max_steps, initial=step, disable=not (accelerator.is_main_process and t.progress),
                 desc=cfg.name, dynamic_ncols=True)
     summary: dict = {"name": cfg.name, "start_step": step}
+    losses: list = []  # [step, loss averaged over processes] at every log step of this run
     t0, steps_this_run, last_metrics = time.time(), 0, {}
     model.train()
     while step < t.max_steps:
@@ -185,6 +187,7 @@ def train(cfg: DictConfig) -> dict:
                 if grad_norm is not None:
                     vals["train/grad_norm"] = float(grad_norm)
                 accelerator.log(vals, step=step)
+                losses.append([step, vals["train/loss"]])
                 pbar.set_postfix(loss=f"{vals['train/loss']:.4f}")
             if t.eval_every and (step % t.eval_every == 0 or step == t.max_steps) and hasattr(raw, "evaluate"):
                 last_metrics = _evaluate(accelerator, raw, ema, eval_loader, t.eval_batches)
@@ -204,7 +207,7 @@ def train(cfg: DictConfig) -> dict:
     pbar.close()
     elapsed = time.time() - t0
     summary.update(step=step, seconds=round(elapsed, 2), steps_per_second=round(steps_this_run / max(elapsed, 1e-9), 3),
-                   metrics=last_metrics, output_dir=out_dir)
+                   metrics=last_metrics, output_dir=out_dir, num_processes=accelerator.num_processes, losses=losses)
     if accelerator.is_main_process:
         ckpt.atomic_write_json(summary_path, summary)
     accelerator.end_training()
@@ -215,7 +218,14 @@ def save_checkpoint(accelerator: Accelerator, ckpt_dir: str, step: int, cfg: Dic
     final = os.path.join(ckpt_dir, f"checkpoint-{step}")
     tmp = final + ".tmp"
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp, safe_serialization=True)
+    try:
+        accelerator.save_state(tmp, safe_serialization=True)
+    except OSError as e:  # e.g. the disk filled up: drop the partial folder, keep every complete checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = ckpt.list_checkpoints(ckpt_dir)
+        raise OSError(e.errno, f"could not write checkpoint {final} ({e.strerror or e}); the partial folder was "
+                               f"removed and the latest complete checkpoint is kept: "
+                               f"{kept[-1][1] if kept else 'none yet'}") from e
     accelerator.wait_for_everyone()  # every rank's RNG file is in tmp before it is renamed
     if accelerator.is_main_process:
         save_config(cfg, os.path.join(tmp, "config.yaml"))

@@ -1,0 +1,38 @@
+"""Two CPU processes (torchrun, gloo) train exactly like one process with the same global batch."""
+import json
+import os
+import subprocess
+import sys
+
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, TINY_VQ, run_cli
+
+PARITY = TINY_VQ + ["model.ema=false", "data.limit=96", "train.max_steps=20", "train.log_every=1",
+                    "train.checkpoint_every=20", "train.ema_decay=0", "train.lr=3e-3"]
+
+
+def _train(out, processes: int, batch: int):
+    args = ["train.py", "--config", "configs/vqgan/mnist.yaml", *PARITY, f"train.batch_size={batch}",
+            f"train.output_dir={out}"]
+    if processes == 1:
+        run_cli(args)
+    else:
+        env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    return summary, load_file(str(out / "checkpoints" / "checkpoint-20" / "model.safetensors"))
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    one, w1 = _train(tmp_path / "one", 1, 16)
+    two, w2 = _train(tmp_path / "two", 2, 8)
+    assert one["num_processes"] == 1 and two["num_processes"] == 2
+    l1, l2 = [v for _, v in one["losses"]], [v for _, v in two["losses"]]
+    assert len(l1) == len(l2) == 20 and l1[-1] < l1[0]
+    assert max(abs(a - b) for a, b in zip(l1, l2)) < 1e-4, (l1, l2)
+    assert set(w1) == set(w2)
+    diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    assert diff <= 1e-5, f"max |w_1proc - w_2proc| = {diff}"
