@@ -175,3 +175,20 @@ def test_text_conditional_learns_and_refuses_unknown_words():
         model.sample(prompts=[""])
     with pytest.raises(ValueError, match="pass prompts"):
         model.sample(torch.tensor([1]))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    kw = dict(vocab_size=32, scales=[1, 2, 4], num_classes=4, dim=32, depth=2, heads=2, class_dropout=0.0)
+    plain, ckpt = ARGenerator(**kw), ARGenerator(**kw, grad_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    batch = {"codes": torch.randint(0, 32, (4, 21)), "label": torch.tensor([0, 1, 2, 3])}
+    grads = []
+    for m in (plain, ckpt):
+        m.train()
+        out = m(batch)
+        out["loss"].backward()
+        grads.append((float(out["loss"]), [p.grad.clone() for p in m.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from vistok.data.text import WordTokenizer
@@ -77,6 +78,7 @@ class ARGenerator(VistokModel):
         text_vocab: list[str] = (),
         text_len: int = 16,
         text_depth: int = 2,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         if rope not in ("1d", "2d"):
@@ -86,6 +88,7 @@ class ARGenerator(VistokModel):
         self.token_shape = (self.scales[-1], self.scales[-1]) if self.scales else tuple(token_shape)
         self.seq_len = sum(v * v for v in self.scales) if self.scales else self.token_shape[0] * self.token_shape[1]
         self.num_classes, self.class_dropout = num_classes, class_dropout
+        self.grad_checkpointing = grad_checkpointing  # recompute each block in backward: less memory, ~1/3 more compute
         self.null_class = num_classes  # index of the "no condition" embedding
         self.depth, self.heads, self.head_dim = depth, heads, dim // heads
         self.text = WordTokenizer(list(text_vocab), text_len) if text_vocab else None
@@ -168,7 +171,10 @@ class ARGenerator(VistokModel):
     def _run(self, x: torch.Tensor, start: int, mask, cache: KVCache | None) -> torch.Tensor:
         angles = rope_angles(self.positions[start:start + x.shape[1]], self.head_dim)[None].expand(x.shape[0], -1, -1)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, angles, mask, cache, i, start)
+            if self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, angles, mask, use_reentrant=False)
+            else:
+                x = blk(x, angles, mask, cache, i, start)
         return self.head(self.norm(x))
 
     def logits(self, cond: torch.Tensor | None, tokens: torch.Tensor, cache: KVCache | None = None, start: int = 0):
