@@ -47,9 +47,11 @@ def test_fsdp_plugin_from_the_file_wraps_vistok_blocks():
     plugin.set_auto_wrap_policy(model)  # resolves "Block" in the model, or raises
     assert plugin.auto_wrap_policy is not None
     Accelerator(cpu=True, fsdp_plugin=plugin)  # builds; on CPU accelerate runs it without sharding
-    plugin.transformer_cls_names_to_wrap = ["Blok"]
+    typo = FullyShardedDataParallelPlugin(fsdp_version=1, auto_wrap_policy="transformer_based_wrap",
+                                          transformer_cls_names_to_wrap=["Blok"], sync_module_states=False,
+                                          cpu_ram_efficient_loading=False)
     with pytest.raises(ValueError, match="Blok"):
-        plugin.set_auto_wrap_policy(model)
+        typo.set_auto_wrap_policy(model)
 
 
 def test_deepspeed_file_matches_the_trainer_defaults():
