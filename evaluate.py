@@ -6,6 +6,9 @@ writes it to --out FILE when given.
     python evaluate.py fid      --samples DIR --reference DIR|stats.npz --inception-weights PATH [--kid] [--save-stats F.npz]
     python evaluate.py classify --samples DIR [--labels-from DIR/sampling.json]
     python evaluate.py geneval  --samples DIR [--detector shapes] [--ceiling]
+
+recon and fid also run under torchrun / accelerate launch: each rank takes a disjoint shard (uneven when
+the count is not divisible), the statistics are summed over ranks, rank 0 prints the same JSON.
 """
 import argparse
 import json
@@ -44,6 +47,18 @@ def main(argv=None) -> int:
     for sp in (r, f, c, g):
         sp.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
+    if "WORLD_SIZE" in os.environ and args.cmd in ("recon", "fid"):
+        # torchrun / accelerate launch: one process group; each rank evaluates a disjoint shard, sums are reduced
+        import torch
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        if not state.is_main_process:
+            try:
+                run(args)
+            except (FileNotFoundError, ValueError):
+                return 2
+            return 0
     try:
         result = run(args)
     except (FileNotFoundError, ValueError) as e:

@@ -36,3 +36,45 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert set(w1) == set(w2)
     diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert diff <= 1e-5, f"max |w_1proc - w_2proc| = {diff}"
+
+
+def test_evaluation_statistics_reduce_over_uneven_shards(tmp_path):
+    """7 items over 2 ranks (4 + 3): PSNR/SSIM sums, codebook counts, FID mean/covariance and KID features
+    reduced across ranks equal one process's."""
+    run_cli(["tests/helpers/dist_eval.py", str(tmp_path / "one.json")])
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "tests/helpers/dist_eval.py", str(tmp_path / "two.json"), "--dist"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert (one["world"], two["world"], one["rank_items"], two["rank_items"]) == (1, 2, 7, 4)
+    assert one["n"] == two["n"] == 7 and one["usage"] == two["usage"]
+    for key in ("psnr", "ssim", "perplexity"):
+        assert abs(one[key] - two[key]) < 1e-9, key
+    import numpy as np
+
+    assert np.allclose(one["mu"], two["mu"], atol=1e-12) and np.allclose(one["sigma"], two["sigma"], atol=1e-12)
+    assert np.allclose(one["features"], two["features"])
+
+
+def test_recon_cli_under_two_processes_equals_one(tmp_path):
+    from vistok.config import load_config
+    from vistok.pipeline import release
+    from vistok.training.trainer import train
+
+    train(load_config(os.path.join(ROOT, "configs/vqgan/mnist.yaml"),
+                      TINY_VQ + ["data.limit=32", "train.max_steps=2", f"train.output_dir={tmp_path / 'run'}"]))
+    release(str(tmp_path / "rel"), tokenizer=str(tmp_path / "run"))
+    args = ["evaluate.py", "recon", "--pipeline", str(tmp_path / "rel"), "--max-images", "25", "--batch-size", "4"]
+    one = json.loads(run_cli(args).stdout.strip().splitlines()[-1])
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    assert len(lines) == 1  # rank 0 prints
+    two = json.loads(lines[0])
+    assert one["num_images"] == two["num_images"] == 25
+    for key in ("psnr", "ssim", "codebook_usage", "perplexity", "fd_lenet"):
+        assert abs(one[key] - two[key]) < 1e-6, (key, one[key], two[key])

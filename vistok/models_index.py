@@ -2,6 +2,7 @@
 import vistok.data.mnist  # noqa: F401
 import vistok.data.shapes  # noqa: F401
 import vistok.data.images  # noqa: F401
+import vistok.data.shards  # noqa: F401
 import vistok.data.tokens  # noqa: F401
 import vistok.tokenizers.vqgan  # noqa: F401
 import vistok.tokenizers.tokenflow  # noqa: F401

@@ -23,14 +23,15 @@ from vistok.registry import register_dataset
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def load_image(path: str, image_size: int) -> torch.Tensor:
-    """Read an RGB image, resize the shorter side, centre-crop; float tensor 3,H,W in [-1, 1]."""
+def load_image(path, image_size: int, name: str | None = None) -> torch.Tensor:
+    """Read an RGB image (a path or a binary file object; ``name`` for errors), resize the shorter side,
+    centre-crop; float tensor 3,H,W in [-1, 1]."""
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
             im.load()
     except Exception as e:
-        raise ValueError(f"cannot read image '{path}': {type(e).__name__}: {e} (expected a readable image file)") from e
+        raise ValueError(f"cannot read image '{name or path}': {type(e).__name__}: {e} (expected a readable image file)") from e
     w, h = im.size
     scale = image_size / min(w, h)
     im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BICUBIC)

@@ -5,6 +5,11 @@ was trained on (pipeline.json ``data``) and encodes each split once. The cache i
 (``codes`` int32 N,h,w and ``labels`` int64 N; captions, when the data has them, in a JSON file beside it) keyed by a hash of the tokenizer weights and the split,
 written atomically next to the release (``<release>/token_cache/``), so a changed tokenizer never
 reuses stale codes. ``decode`` turns codes back into images (image grids while training).
+
+Encoding runs in chunks of ``chunk`` items, each saved atomically under ``<cache>.parts/`` before the
+merge: an interrupted encoding resumes from its finished chunks, and under torchrun / accelerate launch
+(an initialised process group, e.g. inside the trainer, or ``scripts/pretokenize.py``) the ranks encode
+disjoint chunks and rank 0 merges them.
 """
 from __future__ import annotations
 
@@ -40,9 +45,60 @@ def encode_dataset(tokenizer, dataset, batch_size: int = 256):
     return torch.cat(codes), torch.cat(labels), (captions if captions else None)
 
 
+def build_token_cache(tokenizer, dataset, cache: str, batch_size: int = 256, chunk: int = 10000) -> None:
+    """Encode ``dataset`` into ``cache`` (see the module doc): resumable, and spread over the ranks of an
+    initialised process group (every rank must call it)."""
+    import shutil
+
+    import torch.distributed as dist
+
+    from vistok.evaluation.distributed import world
+
+    rank, size = world()
+    parts = cache + ".parts"
+    os.makedirs(parts, exist_ok=True)
+    n_chunks = (len(dataset) + chunk - 1) // chunk
+    for c in range(rank, n_chunks, size):
+        path = os.path.join(parts, f"chunk-{c:06d}.safetensors")
+        if os.path.isfile(path):
+            continue  # done before an interruption
+        idx = range(c * chunk, min(len(dataset), (c + 1) * chunk))
+        codes, labels, captions = encode_dataset(tokenizer, _Slice(dataset, idx), batch_size)
+        if captions is not None:
+            atomic_write_json(path + ".captions.json", captions)
+        tmp = path + f".{os.getpid()}.tmp"
+        save_file({"codes": codes, "labels": labels}, tmp)
+        os.replace(tmp, path)
+    if size > 1:
+        dist.barrier()
+    if rank == 0:
+        data = [load_file(os.path.join(parts, f"chunk-{c:06d}.safetensors")) for c in range(n_chunks)]
+        merged = {k: torch.cat([d[k] for d in data]) for k in ("codes", "labels")}
+        cap_files = [os.path.join(parts, f"chunk-{c:06d}.safetensors.captions.json") for c in range(n_chunks)]
+        if all(os.path.isfile(f) for f in cap_files):  # written first: the cache file's presence means both are complete
+            atomic_write_json(cache + ".captions.json", [c for f in cap_files for c in json.load(open(f, encoding="utf-8"))])
+        tmp = cache + f".{os.getpid()}.tmp"
+        save_file(merged, tmp)
+        os.replace(tmp, cache)
+        shutil.rmtree(parts, ignore_errors=True)
+    if size > 1:
+        dist.barrier()
+
+
+class _Slice(Dataset):
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
+
+
 @register_dataset("tokens")
 class TokenDataset(Dataset):
-    def __init__(self, tokenizer: str, split: str = "train", batch_size: int = 256):
+    def __init__(self, tokenizer: str, split: str = "train", batch_size: int = 256, chunk: int = 10000):
         from vistok.data.base import build_dataset
         from vistok.pipeline import Pipeline
 
@@ -51,18 +107,10 @@ class TokenDataset(Dataset):
         weights = os.path.join(tokenizer, "tokenizer", "model.safetensors")
         cache = os.path.join(tokenizer, "token_cache", f"{split}-{_file_hash(weights)}.safetensors")
         captions_path = cache + ".captions.json"
-        if os.path.isfile(cache):
-            data = load_file(cache)
-            captions = json.load(open(captions_path, encoding="utf-8")) if os.path.isfile(captions_path) else None
-        else:
-            codes, labels, captions = encode_dataset(self.tokenizer, build_dataset(pipe.data, split), batch_size)
-            data = {"codes": codes, "labels": labels}
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            if captions is not None:  # written first: the cache file's presence means both are complete
-                atomic_write_json(captions_path, captions)
-            tmp = cache + f".{os.getpid()}.tmp"
-            save_file(data, tmp)
-            os.replace(tmp, cache)
+        if not os.path.isfile(cache):
+            build_token_cache(self.tokenizer, build_dataset(pipe.data, split), cache, batch_size, chunk)
+        data = load_file(cache)
+        captions = json.load(open(captions_path, encoding="utf-8")) if os.path.isfile(captions_path) else None
         self.codes, self.labels, self.captions = data["codes"].long(), data["labels"], captions
         self.split, self.cache = split, cache
 

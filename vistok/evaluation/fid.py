@@ -53,6 +53,20 @@ class StreamingStats:
         self.outer += other.outer
         self.features += other.features
 
+    def sync(self) -> "StreamingStats":
+        """Sum the statistics (and gather the kept features) of every rank's shard."""
+        from vistok.evaluation.distributed import all_gather, all_sum, world
+
+        if world()[1] > 1:
+            dim = next(len(s) for s in all_gather(None if self.sum is None else self.sum) if s is not None)
+            if self.sum is None:
+                self.sum, self.outer = np.zeros(dim), np.zeros((dim, dim))
+            self.n = int(round(all_sum([float(self.n)])[0]))
+            self.sum, self.outer = all_sum(self.sum), all_sum(self.outer)
+            if self.keep:
+                self.features = [f for part in all_gather(self.features) for f in part]
+        return self
+
     def mu_sigma(self) -> tuple[np.ndarray, np.ndarray]:
         if self.n < 2:
             raise ValueError(f"need at least 2 images for feature statistics, got {self.n}")
@@ -144,14 +158,19 @@ def read_uint8(paths: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def inception_stats(net, folder: str, batch_size: int = 50, keep_features: bool = False):
-    """Streams a folder through the network -> (StreamingStats of pool features, logits tensor)."""
+    """Streams a folder through the network -> (StreamingStats of pool features, logits tensor). Under
+    several processes each rank reads a disjoint shard of the files and the results are reduced."""
+    from vistok.evaluation.distributed import all_gather, shard
+
     stats, logits = StreamingStats(keep_features), []
     files = list_images(folder)
-    for i in range(0, len(files), batch_size):
-        feats, lg = net(read_uint8(files[i:i + batch_size]))
+    mine = [files[i] for i in shard(len(files))]
+    for i in range(0, len(mine), batch_size):
+        feats, lg = net(read_uint8(mine[i:i + batch_size]))
         stats.update(feats)
         logits.append(lg.double())
-    return stats, torch.cat(logits)
+    parts = [t for t in all_gather(torch.cat(logits) if logits else None) if t is not None]
+    return stats.sync(), torch.cat(parts)
 
 
 def compute_fid(samples: str, reference: str, weights_path: str | None, kid: bool = False,

@@ -59,7 +59,15 @@ class ReconstructionMeter:
         if codes is not None and self.counts is not None:
             self.counts += torch.bincount(codes.flatten().cpu(), minlength=self.codebook_size)
 
-    def compute(self) -> dict:
+    def compute(self, sync: bool = True) -> dict:
+        """The metrics; with ``sync`` (and a process group) over the shards of every rank."""
+        if sync:
+            from vistok.evaluation.distributed import all_sum
+
+            self.psnr_sum, self.ssim_sum, n = all_sum([self.psnr_sum, self.ssim_sum, float(self.n)])
+            self.n = int(round(n))
+            if self.counts is not None:
+                self.counts = all_sum(self.counts)
         if self.n == 0:
             raise ValueError("ReconstructionMeter: no images were evaluated")
         out = {"psnr": self.psnr_sum / self.n, "ssim": self.ssim_sum / self.n, "num_images": self.n}

@@ -14,7 +14,6 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 CHANNELS = (64, 128, 256, 512, 512)

@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm.auto import tqdm
 
 from vistok.config import build, save_config
@@ -100,11 +100,14 @@ def train(cfg: DictConfig) -> dict:
         raise ValueError(f"data: the training split has {len(train_set)} items, fewer than one global batch "
                          f"({t.batch_size} x {accelerator.num_processes} processes; train.batch_size)")
     loader = make_loader(train_set, t.batch_size, t.seed, shuffle=True, num_workers=t.num_workers)
-    eval_loader = make_loader(eval_set, min(t.batch_size, len(eval_set)), t.seed, shuffle=False, drop_last=False)
+    # evaluation: each rank its own disjoint shard of the held-out split (uneven, never padded with repeats), not
+    # prepared by accelerate; the models' evaluate() sums over ranks, so every held-out item counts once
+    eval_shard = Subset(eval_set, list(range(accelerator.process_index, len(eval_set), accelerator.num_processes)))
+    eval_loader = make_loader(eval_shard, min(t.batch_size, len(eval_set)), t.seed, shuffle=False, drop_last=False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     sched = _scheduler(opt, t, accelerator.num_processes)
-    model, opt, sched, loader, eval_loader = accelerator.prepare(model, opt, sched, loader, eval_loader)
+    model, opt, sched, loader = accelerator.prepare(model, opt, sched, loader)
     if disc is not None:
         opt_d = torch.optim.AdamW(disc.parameters(), lr=t.disc_lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         disc, opt_d = accelerator.prepare(disc, opt_d)
@@ -128,7 +131,7 @@ def train(cfg: DictConfig) -> dict:
 
     if t.log_with != "none":
         accelerator.init_trackers(cfg.name, config=_flat_hparams(cfg))
-    fixed_batch = next(iter(eval_loader))
+    fixed_batch = _to_device(next(iter(eval_loader)), accelerator.device)
     kill_at = int(os.environ.get(FAULT_KILL_ENV, "-1"))
     pbar = tqdm(total=t.max_steps, initial=step, disable=not (accelerator.is_main_process and t.progress),
                 desc=cfg.name, dynamic_ncols=True)
@@ -253,9 +256,13 @@ def _non_finite(accelerator, logs: dict) -> dict:
     return bad
 
 
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def _evaluate(accelerator, raw, ema, eval_loader, max_batches: int) -> dict:
     def run(prefix):
-        batches = (b for i, b in zip(range(max_batches), eval_loader))
+        batches = (_to_device(b, accelerator.device) for i, b in zip(range(max_batches), eval_loader))
         with torch.random.fork_rng(devices=[]), accelerator.autocast():
             return {f"{prefix}/{k}": float(v) for k, v in raw.evaluate(batches).items()}
 
