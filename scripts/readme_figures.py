@@ -77,6 +77,13 @@ def main():
                                        ("cached tokens/s at 256 (batch 8, CFG)", ars["tokens_per_s_cached_256"]),
                                        ("same tokens both ways", f"{ars['same_tokens_64']} / {ars['same_tokens_256']}"),
                                        ("model", ars["model"])])
+    mp = load("multiprocess.json")
+    if mp:
+        blocks["multiprocess"] = table([
+            ("throughput, 2 processes / 1 process (median of repeats)", f"{mp['throughput_ratio_2_over_1']}x"),
+            ("per repeat", ", ".join(f"{r}x" for r in mp["per_repeat"])),
+            ("steps/s: 1 process / 2 processes", f"{mp['steps_per_s_1']} / {mp['steps_per_s_2']}"),
+            ("set-up", f"{mp['threads']}; global batch {mp['global_batch']}, {mp['steps']} steps")])
     shapes = load("demo_shapes_metrics.json")
     if shapes:
         g = shapes["geneval"]

@@ -1,9 +1,9 @@
 """Reading an official checkpoint without unpickling, and taking its tensors key by key with clear errors."""
 from __future__ import annotations
 
-import os
-
 import torch
+
+from vistok.weights import read_weights
 
 WRAPPERS = ("ema", "model", "state_dict", "module", "params")  # where training scripts nest the weights
 PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
@@ -14,18 +14,7 @@ def read_checkpoint(path: str, prefer_ema: bool = True) -> dict[str, torch.Tenso
 
     A training checkpoint that nests the weights under "ema"/"model"/"state_dict" is unwrapped ("ema" first
     when ``prefer_ema``); DDP's "module." and torch.compile's "_orig_mod." prefixes are stripped."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"'{path}' could not be read as a weights-only PyTorch file ({type(e).__name__}: {e}); "
-                             f"pickled code is never executed") from e
+    state = read_weights(path, "checkpoint")
     order = WRAPPERS if prefer_ema else tuple(w for w in WRAPPERS if w != "ema") + ("ema",)
     while isinstance(state, dict) and not any(torch.is_tensor(v) for v in state.values()):
         inner = next((state[k] for k in order if isinstance(state.get(k), dict)), None)

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from vistok.data.images import IMAGE_EXTENSIONS
+from vistok.weights import read_state_dict
 
 WEIGHTS_HELP = ("FID needs the weights of torch-fidelity's inception-v3-compat network "
                 "(weights-inception-2015-12-05-6726825d.pth, published with the torch-fidelity releases on GitHub). "
@@ -108,7 +109,7 @@ def inception_extractor(weights_path: str | None, features=("2048", "logits_unbi
         raise FileNotFoundError(f"Inception weights '{weights_path}' do not exist. {WEIGHTS_HELP}")
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    state = _read_state_dict(weights_path)
+    state = read_state_dict(weights_path, "Inception")
     with tempfile.TemporaryDirectory() as tmp:
         clean = os.path.join(tmp, "inception.pth")
         torch.save({k: v.contiguous() for k, v in state.items()}, clean)  # only tensors we just verified
@@ -117,21 +118,6 @@ def inception_extractor(weights_path: str | None, features=("2048", "logits_unbi
         except RuntimeError as e:
             raise ValueError(f"'{weights_path}' does not hold inception-v3-compat weights: {e}") from e
     return net.eval()
-
-
-def _read_state_dict(path: str) -> dict:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"'{path}' could not be read as a weights-only PyTorch file ({type(e).__name__}: {e}); "
-                         f"pickled code is never executed") from e
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"'{path}': expected a state dict of tensors")
-    return state
 
 
 def list_images(folder: str) -> list[str]:

@@ -15,25 +15,10 @@ import os
 import torch
 import torch.nn as nn
 
+from vistok.weights import read_state_dict
+
 TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 CHANNELS = (64, 128, 256, 512, 512)
-
-
-def read_weights(path: str, what: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"LPIPS: {what} file '{path}' does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"LPIPS: '{path}' could not be read as a weights-only PyTorch file ({type(e).__name__}); "
-                         f"pickled code is never executed") from e
-    if not isinstance(state, dict):
-        raise ValueError(f"LPIPS: '{path}': expected a state dict, got {type(state).__name__}")
-    return state
 
 
 class LPIPS(nn.Module):
@@ -42,13 +27,13 @@ class LPIPS(nn.Module):
         from torchvision.models import vgg16
 
         self.features = vgg16(weights=None).features[: TAPS[-1] + 1]
-        state = {k[len("features."):]: v for k, v in read_weights(vgg_weights, "VGG-16").items() if k.startswith("features.")}
+        state = {k[len("features."):]: v for k, v in read_state_dict(vgg_weights, "LPIPS VGG-16").items() if k.startswith("features.")}
         missing, unexpected = self.features.load_state_dict(state, strict=False)
         if missing:
             raise ValueError(f"LPIPS: '{vgg_weights}' lacks VGG-16 feature weights {['features.' + k for k in missing[:4]]}")
         self.lins = nn.ParameterList(nn.Parameter(torch.full((c,), 1.0 / c), requires_grad=False) for c in CHANNELS)
         if lin_weights:
-            lin = read_weights(lin_weights, "LPIPS linear-layer")
+            lin = read_state_dict(lin_weights, "LPIPS linear-layer")
             for k, c in enumerate(CHANNELS):
                 key = f"lin{k}.model.1.weight"
                 if key not in lin or lin[key].numel() != c:
