@@ -47,23 +47,24 @@ def main(argv=None) -> int:
     for sp in (r, f, c, g):
         sp.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
+    state = None
     if "WORLD_SIZE" in os.environ and args.cmd in ("recon", "fid"):
         # torchrun / accelerate launch: one process group; each rank evaluates a disjoint shard, sums are reduced
         import torch
         from accelerate import PartialState
 
         state = PartialState(cpu=not torch.cuda.is_available())
-        if not state.is_main_process:
-            try:
-                run(args)
-            except (FileNotFoundError, ValueError):
-                return 2
-            return 0
+    main_process = state is None or state.is_main_process
     try:
         result = run(args)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if state is not None:
+            state.destroy_process_group()  # exiting with live gloo/nccl threads aborts the process
+    if not main_process:
+        return 0
     if args.out:
         from vistok.training.checkpoint import atomic_write_json
 

@@ -36,6 +36,16 @@ from vistok.training.logging import save_grid
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()  # exiting with live gloo/nccl threads aborts the process
+
+
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", required=True)
     p.add_argument("--out", required=True)

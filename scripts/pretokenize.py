@@ -34,6 +34,7 @@ def main(argv=None) -> int:
         out[split] = {"cache": ds.cache, "items": len(ds)}
     if state.is_main_process:
         print(json.dumps(out))
+    state.destroy_process_group()  # exiting with live gloo/nccl threads aborts the process
     return 0
 
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, TINY_VQ, run_cli
@@ -58,15 +59,21 @@ def test_evaluation_statistics_reduce_over_uneven_shards(tmp_path):
     assert np.allclose(one["features"], two["features"])
 
 
-def test_recon_cli_under_two_processes_equals_one(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_release(tmp_path_factory):
     from vistok.config import load_config
     from vistok.pipeline import release
     from vistok.training.trainer import train
 
+    tmp = tmp_path_factory.mktemp("tiny")
     train(load_config(os.path.join(ROOT, "configs/vqgan/mnist.yaml"),
-                      TINY_VQ + ["data.limit=32", "train.max_steps=2", f"train.output_dir={tmp_path / 'run'}"]))
-    release(str(tmp_path / "rel"), tokenizer=str(tmp_path / "run"))
-    args = ["evaluate.py", "recon", "--pipeline", str(tmp_path / "rel"), "--max-images", "25", "--batch-size", "4"]
+                      TINY_VQ + ["data.limit=32", "train.max_steps=2", f"train.output_dir={tmp / 'run'}"]))
+    release(str(tmp / "rel"), tokenizer=str(tmp / "run"))
+    return tmp / "rel"
+
+
+def test_recon_cli_under_two_processes_equals_one(tiny_release):
+    args = ["evaluate.py", "recon", "--pipeline", str(tiny_release), "--max-images", "25", "--batch-size", "4"]
     one = json.loads(run_cli(args).stdout.strip().splitlines()[-1])
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args],
@@ -78,3 +85,46 @@ def test_recon_cli_under_two_processes_equals_one(tmp_path):
     assert one["num_images"] == two["num_images"] == 25
     for key in ("psnr", "ssim", "codebook_usage", "perplexity", "fd_lenet"):
         assert abs(one[key] - two[key]) < 1e-6, (key, one[key], two[key])
+
+
+def test_pretokenization_is_distributed_and_resumes(tiny_release, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from vistok.data.base import build_dataset
+    from vistok.data.tokens import TokenDataset, build_token_cache
+    from vistok.pipeline import Pipeline
+
+    reference = TokenDataset(str(tiny_release), "test", chunk=1000)  # one process, one chunk
+    codes = reference.codes.clone()
+    shutil.rmtree(tiny_release / "token_cache")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "scripts/pretokenize.py",
+                           "--tokenizer", str(tiny_release), "--splits", "test", "--chunk", "8"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])["test"]
+    assert out["items"] == len(codes) == 32 and torch.equal(load_file(out["cache"])["codes"].long(), codes)  # 4 chunks, 2 ranks
+
+    class Dies:  # the dataset of an encoding that is killed after its first chunks
+        def __init__(self, ds, limit, done=0):
+            self.ds, self.limit, self.done = ds, limit, done
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            if i >= self.limit:
+                raise KeyboardInterrupt("killed")
+            assert i >= self.done, f"item {i} of a finished chunk was encoded again"
+            return self.ds[i]
+
+    pipe = Pipeline.from_pretrained(str(tiny_release))
+    data, cache = build_dataset(pipe.data, "test"), str(tmp_path / "c.safetensors")
+    with pytest.raises(KeyboardInterrupt):
+        build_token_cache(pipe.tokenizer, Dies(data, 20), cache, batch_size=4, chunk=8)
+    assert sorted(os.listdir(cache + ".parts")) == ["chunk-000000.safetensors", "chunk-000001.safetensors"]
+    build_token_cache(pipe.tokenizer, Dies(data, 10**9, done=16), cache, batch_size=4, chunk=8)  # resumes at chunk 2
+    assert torch.equal(load_file(cache)["codes"].long(), codes) and not os.path.exists(cache + ".parts")

@@ -16,7 +16,7 @@ if __name__ == "__main__":
         dist.init_process_group("gloo")
     n = 7
     g = torch.Generator().manual_seed(0)
-    images, recons = torch.rand(n, 1, 8, 8, generator=g) * 2 - 1, torch.rand(n, 1, 8, 8, generator=g) * 2 - 1
+    images, recons = torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, torch.rand(n, 1, 16, 16, generator=g) * 2 - 1
     codes, feats = torch.randint(0, 16, (n, 4, 4), generator=g), torch.randn(n, 5, generator=g)
     meter, stats = ReconstructionMeter(16), StreamingStats(keep_features=True)
     mine = list(shard(n))
@@ -29,3 +29,5 @@ if __name__ == "__main__":
            "features": sorted(np.concatenate(stats.features).sum(1).tolist())}
     if world()[0] == 0:
         json.dump(out, open(sys.argv[1], "w"))
+    if dist.is_initialized():
+        dist.destroy_process_group()  # exiting with live gloo threads aborts ("terminate called without an active exception")
