@@ -194,3 +194,46 @@ def test_bad_checkpoints_get_named_errors(tmp_path):
         convert_vq(save(tmp_path, "b.pt", state))
     with pytest.raises(ValueError, match="no teacher"):
         convert_tokenflow(save(tmp_path, "mystery.pt", state))
+
+
+def llamagen_logits(sd, labels, codes, heads, grid, eps=1e-5):
+    """LlamaGen's class-conditional GPT written out from its formulas (teacher forcing): the class token then
+    codes[:-1]; 2-D rotary cache with zeros for the class token; pre-norm blocks; logits for every code."""
+    dim = sd["tok_embeddings.weight"].shape[1]
+    hd, half = dim // heads, dim // heads // 2
+    freqs = 1.0 / (10000 ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    f = torch.outer(torch.arange(grid).float(), freqs)
+    f = torch.cat([f[:, None, :].expand(-1, grid, -1), f[None, :, :].expand(grid, -1, -1)], -1)
+    cache = torch.cat([torch.zeros(1, half, 2), torch.stack([f.cos(), f.sin()], -1).flatten(0, 1)])
+
+    def rope(x):  # B,L,H,hd
+        xs, c = x.reshape(*x.shape[:-1], -1, 2), cache[: x.shape[1]][None, :, None]
+        return torch.stack([xs[..., 0] * c[..., 0] - xs[..., 1] * c[..., 1],
+                            xs[..., 1] * c[..., 0] + xs[..., 0] * c[..., 1]], -1).flatten(3)
+
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    h = torch.cat([sd["cls_embedding.embedding_table.weight"][labels][:, None], sd["tok_embeddings.weight"][codes[:, :-1]]], 1)
+    b, n = h.shape[:2]
+    for i in range(sum(k.endswith("attention.wo.weight") for k in sd)):
+        p = f"layers.{i}."
+        q, k, v = (rms(h, sd[p + "attention_norm.weight"]) @ sd[p + "attention.wqkv.weight"].t()).split(dim, -1)
+        q, k, v = rope(q.view(b, n, heads, hd)), rope(k.view(b, n, heads, hd)), v.view(b, n, heads, hd)
+        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        h = h + att.transpose(1, 2).reshape(b, n, dim) @ sd[p + "attention.wo.weight"].t()
+        x = rms(h, sd[p + "ffn_norm.weight"])
+        h = h + (F.silu(x @ sd[p + "feed_forward.w1.weight"].t()) * (x @ sd[p + "feed_forward.w3.weight"].t())) @ sd[p + "feed_forward.w2.weight"].t()
+    return rms(h, sd["norm.weight"]) @ sd["output.weight"].t()
+
+
+def test_converted_llamagen_gpt_computes_llamagens_logits(tmp_path):
+    state = official_gpt()
+    gpt = convert_gpt(save(tmp_path, "gpt.pt", state), head_dim=16)  # 4 heads
+    labels, codes = torch.tensor([3, 7]), torch.randint(0, 64, (2, 16), generator=g)
+    with torch.no_grad():
+        ours = gpt.teacher_forced_logits(labels, codes)
+    torch.testing.assert_close(ours, llamagen_logits(state, labels, codes, heads=4, grid=4), atol=2e-5, rtol=1e-4)
+    gpt.cond_rope = "identity"  # vistok's own convention gives other logits: the switch is what makes them equal
+    with torch.no_grad():
+        assert not torch.allclose(gpt.teacher_forced_logits(labels, codes), ours, atol=1e-3)

@@ -8,10 +8,10 @@ Class-conditional GPTs (``c2i_{B,L,XL,XXL}_*.pt``) become an ``ar`` generator: `
 ``cls_embedding.embedding_table`` (the last row is the CFG null class, as in vistok), ``layers.<i>``
 (``attention.wqkv``/``wo``, ``feed_forward.w1``/``w2``/``w3``, ``attention_norm``, ``ffn_norm``), ``norm``,
 ``output``. The MLP width is read from the weights; heads are ``dim // head_dim`` (64 for every released
-size). What is not the same: LlamaGen's 2-D rotary positions start at 0 for the codes and its class
-token's rotary cache is zero, where vistok puts the condition at (0, 0) and code (r, c) at (r + 1, c + 1);
-its RMSNorm eps is 1e-5 (vistok 1e-6). The converted GPT therefore needs fine-tuning (or those two
-conventions) before its samples are LlamaGen's; the weights, shapes and the null class carry over.
+size). LlamaGen's conventions are switched on in the converted model: ``cond_rope="zero"`` (its rotary
+cache is zero for the class token, which zeroes that token's query and key) and ``norm_eps=1e-5``; its code
+positions start at (0, 0) where vistok's start at (1, 1), which RoPE cannot see (only differences enter
+attention between codes). The test checks the converted model's logits against LlamaGen's formulas.
 """
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def convert_gpt(path: str, head_dim: int = 64, grid: int | None = None):
         grid = math.isqrt(state["freqs_cis"].shape[0] - cls_tokens)
     model = ARGenerator(vocab_size=vocab, token_shape=[grid, grid],
                         num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1,
-                        dim=dim, depth=depth, heads=dim // head_dim, mlp_ratio=hidden / dim, rope="2d")
+                        dim=dim, depth=depth, heads=dim // head_dim, mlp_ratio=hidden / dim, rope="2d",
+                        cond_rope="zero", norm_eps=1e-5)
     t = Taker(state, path, ignore=("freqs_cis",))
     t.out["tok_emb.weight"] = t.get("tok_embeddings.weight")
     t.out["class_emb.weight"] = t.get("cls_embedding.embedding_table.weight")

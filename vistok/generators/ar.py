@@ -79,6 +79,8 @@ class ARGenerator(VistokModel):
         text_len: int = 16,
         text_depth: int = 2,
         grad_checkpointing: bool = False,
+        cond_rope: str = "identity",
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
         if rope not in ("1d", "2d"):
@@ -89,6 +91,11 @@ class ARGenerator(VistokModel):
         self.seq_len = sum(v * v for v in self.scales) if self.scales else self.token_shape[0] * self.token_shape[1]
         self.num_classes, self.class_dropout = num_classes, class_dropout
         self.grad_checkpointing = grad_checkpointing  # recompute each block in backward: less memory, ~1/3 more compute
+        if cond_rope not in ("identity", "zero"):
+            raise ValueError(f"ar: cond_rope='{cond_rope}'; expected 'identity' or 'zero'")
+        # the condition tokens' rotary entries: identity (vistok: position (0, 0)), or zero (LlamaGen's cache, which
+        # zeroes their queries and keys); code tokens are unaffected either way (RoPE sees only differences)
+        self.cond_rope = cond_rope
         self.null_class = num_classes  # index of the "no condition" embedding
         self.depth, self.heads, self.head_dim = depth, heads, dim // heads
         self.text = WordTokenizer(list(text_vocab), text_len) if text_vocab else None
@@ -101,8 +108,8 @@ class ARGenerator(VistokModel):
             self.class_emb = nn.Embedding(num_classes + 1, dim)
         self.prefix = text_len if self.text is not None else 1  # condition tokens before the codes
         self.tok_emb = nn.Embedding(vocab_size, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth))
-        self.norm = RMSNorm(dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, norm_eps=norm_eps) for _ in range(depth))
+        self.norm = RMSNorm(dim, norm_eps)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         h, w = self.token_shape
         if self.scales:
@@ -170,6 +177,9 @@ class ARGenerator(VistokModel):
     # ---- the network --------------------------------------------------------------------------
     def _run(self, x: torch.Tensor, start: int, mask, cache: KVCache | None) -> torch.Tensor:
         angles = rope_angles(self.positions[start:start + x.shape[1]], self.head_dim)[None].expand(x.shape[0], -1, -1)
+        if self.cond_rope == "zero" and start < self.prefix:
+            keep = (torch.arange(start, start + x.shape[1], device=x.device) >= self.prefix).float()[None, :, None]
+            angles = (angles.cos() * keep, angles.sin() * keep)
         for i, blk in enumerate(self.blocks):
             if self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(blk, x, angles, mask, use_reentrant=False)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6):  # LlamaGen uses 1e-5: ARGenerator(norm_eps=...)
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
@@ -35,12 +35,14 @@ def rope_angles(positions: torch.Tensor, dim: int, base: float = 10000.0) -> tor
     return torch.cat(angles, -1)
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """x: B,H,T,D; angles: B,T,r with r <= D/2 (pairs beyond r are left unrotated)."""
-    r = angles.shape[-1]
+def apply_rope(x: torch.Tensor, angles) -> torch.Tensor:
+    """x: B,H,T,D; angles: B,T,r with r <= D/2 (pairs beyond r are left unrotated), or a (cos, sin) pair of
+    such tensors (which may scale as well as rotate, e.g. LlamaGen's zeroed class-token entries)."""
+    cos, sin = angles if isinstance(angles, tuple) else (angles.cos(), angles.sin())
+    r = cos.shape[-1]
     x_rot, x_pass = x[..., : 2 * r], x[..., 2 * r:]
     x1, x2 = x_rot.float().unflatten(-1, (r, 2)).unbind(-1)
-    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    cos, sin = cos[:, None], sin[:, None]
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2).type_as(x)
     return torch.cat([out, x_pass], -1)
 
@@ -106,11 +108,12 @@ class Block(nn.Module):
     dropout (``attn_dropout``) is off by default, as in LlamaGen (and on CPU it would cost more than the
     rest of a small block: SDPA falls back to its unfused path to draw the mask)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 8 / 3, dropout: float = 0.0, attn_dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 8 / 3, dropout: float = 0.0, attn_dropout: float = 0.0,
+                 norm_eps: float = 1e-6):
         super().__init__()
         hidden = int(dim * mlp_ratio + 7) // 8 * 8
-        self.norm1, self.attn = RMSNorm(dim), Attention(dim, heads, attn_dropout)
-        self.norm2, self.mlp = RMSNorm(dim), SwiGLU(dim, hidden)
+        self.norm1, self.attn = RMSNorm(dim, norm_eps), Attention(dim, heads, attn_dropout)
+        self.norm2, self.mlp = RMSNorm(dim, norm_eps), SwiGLU(dim, hidden)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, angles, mask=None, cache=None, layer=0, start=0):
