@@ -7,5 +7,6 @@ import vistok.data.tokens  # noqa: F401
 import vistok.tokenizers.vqgan  # noqa: F401
 import vistok.tokenizers.tokenflow  # noqa: F401
 import vistok.tokenizers.semantic_teacher  # noqa: F401
+import vistok.tokenizers.kl  # noqa: F401
 import vistok.generators.ar  # noqa: F401
 import vistok.evaluation.lenet  # noqa: F401

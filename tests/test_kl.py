@@ -1,0 +1,73 @@
+"""The continuous KL tokenizer: learns, normalises its latents by measured statistics, loads a diffusers
+VAE folder, releases and reconstructs through the CLIs."""
+import json
+
+import torch
+from diffusers import AutoencoderKL
+
+from tests.conftest import TINY_VQ, run_cli
+from vistok.tokenizers.kl import KLAutoencoder
+
+TINY = dict(image_size=32, in_channels=1, block_out_channels=[8, 16], layers_per_block=1, latent_channels=2,
+            norm_num_groups=4, mid_attention=False, kl_weight=1e-5, recon_loss="l2")
+
+
+def _digits(n=32):
+    from vistok.data.mnist import MNIST
+
+    ds = MNIST("train", limit=n)
+    return torch.stack([ds[i]["image"] for i in range(n)])
+
+
+def test_kl_autoencoder_fits_a_batch_and_scale_is_invisible_to_reconstruction():
+    torch.manual_seed(0)
+    m = KLAutoencoder(**TINY)
+    x = _digits()
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    with torch.no_grad():
+        before = float(m({"image": x})["rec"])
+    for _ in range(60):
+        out = m({"image": x})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    m.eval()
+    with torch.no_grad():
+        after = float(torch.nn.functional.mse_loss(m.reconstruct(x)[0], x))
+        assert after < 0.5 * before
+        stats = m.latent_statistics([{"image": x}])
+        plain = m.reconstruct(x)[0]
+        m.scale_factor, m.shift_factor = stats["scale_factor"], stats["shift_factor"]
+        z = m.encode(x)
+        assert abs(float(z.mean())) < 1e-4 and abs(float(z.std(unbiased=False)) - 1) < 1e-3  # normalised latents
+        torch.testing.assert_close(m.reconstruct(x)[0], plain, atol=1e-5, rtol=1e-4)  # and the same images
+
+
+def test_from_diffusers_folder_equals_the_diffusers_vae(tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=4, scaling_factor=0.2325)
+    vae.save_pretrained(str(tmp_path / "vae"), safe_serialization=True)
+    m = KLAutoencoder.from_diffusers(str(tmp_path / "vae"), image_size=16)
+    assert m.scale_factor == 0.2325 and m.latent_shape == (4, 8, 8)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        ref = vae.encode(x).latent_dist.mean * 0.2325
+        torch.testing.assert_close(m.encode(x), ref)
+        torch.testing.assert_close(m.decode(ref), vae.decode(ref / 0.2325).sample)
+
+
+def test_kl_release_scale_and_reconstruct_cli(tmp_path):
+    run = tmp_path / "run"
+    run_cli(["train.py", "--config", "configs/kl/mnist.yaml", "model.block_out_channels=[8,16]", "model.norm_num_groups=4",
+             "data.limit=64", "train.max_steps=4", "train.batch_size=16", *[o for o in TINY_VQ if o.startswith("train.")],
+             f"train.output_dir={run}"])
+    run_cli(["release.py", "--tokenizer", str(run), "--out", str(tmp_path / "rel")])
+    stats = json.loads(run_cli(["scripts/latent_scale.py", "--tokenizer", str(tmp_path / "rel"), "--images", "64",
+                                "--write"]).stdout.strip().splitlines()[-1])
+    cfg = json.loads((tmp_path / "rel" / "tokenizer" / "config.json").read_text())
+    assert cfg["scale_factor"] == stats["scale_factor"] > 0 and cfg["model_type"] == "kl"
+    run_cli(["sample.py", "--pipeline", str(tmp_path / "rel"), "--out", str(tmp_path / "s"), "--num-images", "8"])
+    rec = json.loads(run_cli(["evaluate.py", "recon", "--pipeline", str(tmp_path / "rel"), "--max-images", "50"]).stdout.strip().splitlines()[-1])
+    assert rec["num_images"] == 50 and rec["psnr"] > 5 and "codebook_usage" not in rec
