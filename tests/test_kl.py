@@ -71,3 +71,20 @@ def test_kl_release_scale_and_reconstruct_cli(tmp_path):
     run_cli(["sample.py", "--pipeline", str(tmp_path / "rel"), "--out", str(tmp_path / "s"), "--num-images", "8"])
     rec = json.loads(run_cli(["evaluate.py", "recon", "--pipeline", str(tmp_path / "rel"), "--max-images", "50"]).stdout.strip().splitlines()[-1])
     assert rec["num_images"] == 50 and rec["psnr"] > 5 and "codebook_usage" not in rec
+
+
+def test_latent_cache_with_flip(tmp_path):
+    from vistok.data.tokens import TokenDataset
+    from vistok.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    tok = KLAutoencoder(**TINY)
+    Pipeline(tok, data={"type": "mnist", "limit": 40}).save_pretrained(str(tmp_path / "rel"))
+    ds = TokenDataset(str(tmp_path / "rel"), "train", batch_size=16, chunk=16, flip=True)
+    assert ds.key == "latents" and ds.codes.dtype == torch.float32 and ds.codes.shape == (40, 2, 2, 16, 16)
+    with torch.no_grad():
+        mirrored = ds.tokenizer.encode(_digits(2).flip(-1))  # the release's data: the same first digits
+    torch.testing.assert_close(ds.codes[:2, 1], mirrored, atol=1e-5, rtol=1e-4)  # the second variant is the mirror image
+    seen = {float(ds[0]["latents"].sum()) for _ in range(20)}
+    assert len(seen) == 2  # one of the two per draw
+    assert TokenDataset(str(tmp_path / "rel"), "test", batch_size=16).codes.dim() == 4  # no flip off the training split

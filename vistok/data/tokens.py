@@ -1,8 +1,11 @@
 """Pre-tokenized datasets: encode a split once with a released tokenizer, cache the codes, train on them.
 
-``data: {type: tokens, tokenizer: checkpoints/NAME}`` reads the tokenizer release, builds the data it
+``data: {type: tokens, tokenizer: checkpoints/NAME[, flip: true]}`` reads the tokenizer release, builds the data it
 was trained on (pipeline.json ``data``) and encodes each split once. The cache is a safetensors file
-(``codes`` int32 N,h,w and ``labels`` int64 N; captions, when the data has them, in a JSON file beside it) keyed by a hash of the tokenizer weights and the split,
+(``codes`` int32 N,h,w, or ``latents`` float32 for a continuous tokenizer, and ``labels`` int64 N; captions, when
+the data has them, in a JSON file beside it) keyed by a hash of the tokenizer weights and config and the split;
+``flip`` also caches each training image's mirror image and serves one of the two at random (MAR/xAR's
+augmentation; leave it off for digits and text),
 written atomically next to the release (``<release>/token_cache/``), so a changed tokenizer never
 reuses stale codes. ``decode`` turns codes back into images (image grids while training).
 
@@ -34,18 +37,25 @@ def _file_hash(path: str) -> str:
 
 
 @torch.no_grad()
-def encode_dataset(tokenizer, dataset, batch_size: int = 256):
-    """-> (codes int32, labels int64, captions list or None)."""
-    codes, labels, captions = [], [], []
+def encode_dataset(tokenizer, dataset, batch_size: int = 256, flip: bool = False):
+    """-> ({"codes" int32 | "latents" float32: N,... (N,2,... with ``flip``: also the mirrored image),
+    "labels" int64}, captions list or None)."""
+    out, labels, captions = [], [], []
     for i in range(0, len(dataset), batch_size):
         items = [dataset[j] for j in range(i, min(len(dataset), i + batch_size))]
-        codes.append(tokenizer.encode(torch.stack([it["image"] for it in items])).to(torch.int32))
+        images = torch.stack([it["image"] for it in items])
+        z = tokenizer.encode(images)
+        if flip:
+            z = torch.stack([z, tokenizer.encode(images.flip(-1))], 1)
+        out.append(z.float() if z.is_floating_point() else z.to(torch.int32))
         labels.append(torch.tensor([it["label"] for it in items], dtype=torch.long))
         captions += [it["caption"] for it in items if "caption" in it]
-    return torch.cat(codes), torch.cat(labels), (captions if captions else None)
+    z = torch.cat(out)
+    key = "latents" if z.is_floating_point() else "codes"
+    return {key: z, "labels": torch.cat(labels)}, (captions if captions else None)
 
 
-def build_token_cache(tokenizer, dataset, cache: str, batch_size: int = 256, chunk: int = 10000) -> None:
+def build_token_cache(tokenizer, dataset, cache: str, batch_size: int = 256, chunk: int = 10000, flip: bool = False) -> None:
     """Encode ``dataset`` into ``cache`` (see the module doc): resumable, and spread over the ranks of an
     initialised process group (every rank must call it)."""
     import shutil
@@ -63,17 +73,17 @@ def build_token_cache(tokenizer, dataset, cache: str, batch_size: int = 256, chu
         if os.path.isfile(path):
             continue  # done before an interruption
         idx = range(c * chunk, min(len(dataset), (c + 1) * chunk))
-        codes, labels, captions = encode_dataset(tokenizer, _Slice(dataset, idx), batch_size)
+        tensors, captions = encode_dataset(tokenizer, _Slice(dataset, idx), batch_size, flip)
         if captions is not None:
             atomic_write_json(path + ".captions.json", captions)
         tmp = path + f".{os.getpid()}.tmp"
-        save_file({"codes": codes, "labels": labels}, tmp)
+        save_file(tensors, tmp)
         os.replace(tmp, path)
     if size > 1:
         dist.barrier()
     if rank == 0:
         data = [load_file(os.path.join(parts, f"chunk-{c:06d}.safetensors")) for c in range(n_chunks)]
-        merged = {k: torch.cat([d[k] for d in data]) for k in ("codes", "labels")}
+        merged = {k: torch.cat([d[k] for d in data]) for k in data[0]}
         cap_files = [os.path.join(parts, f"chunk-{c:06d}.safetensors.captions.json") for c in range(n_chunks)]
         if all(os.path.isfile(f) for f in cap_files):  # written first: the cache file's presence means both are complete
             atomic_write_json(cache + ".captions.json", [c for f in cap_files for c in json.load(open(f, encoding="utf-8"))])
@@ -98,27 +108,34 @@ class _Slice(Dataset):
 
 @register_dataset("tokens")
 class TokenDataset(Dataset):
-    def __init__(self, tokenizer: str, split: str = "train", batch_size: int = 256, chunk: int = 10000):
+    def __init__(self, tokenizer: str, split: str = "train", batch_size: int = 256, chunk: int = 10000, flip: bool = False):
         from vistok.data.base import build_dataset
         from vistok.pipeline import Pipeline
 
         pipe = Pipeline.from_pretrained(tokenizer)
         self.tokenizer = pipe.tokenizer.eval()
         weights = os.path.join(tokenizer, "tokenizer", "model.safetensors")
-        cache = os.path.join(tokenizer, "token_cache", f"{split}-{_file_hash(weights)}.safetensors")
+        key = _file_hash(weights) + _file_hash(os.path.join(tokenizer, "tokenizer", "config.json"))[:8]  # e.g. a new latent scale
+        self.flip = flip and split == "train"  # mirrored images too (not for digits); one of the two per draw
+        cache = os.path.join(tokenizer, "token_cache", f"{split}-{key}{'-flip' if self.flip else ''}.safetensors")
         captions_path = cache + ".captions.json"
         if not os.path.isfile(cache):
-            build_token_cache(self.tokenizer, build_dataset(pipe.data, split), cache, batch_size, chunk)
+            build_token_cache(self.tokenizer, build_dataset(pipe.data, split), cache, batch_size, chunk, self.flip)
         data = load_file(cache)
         captions = json.load(open(captions_path, encoding="utf-8")) if os.path.isfile(captions_path) else None
-        self.codes, self.labels, self.captions = data["codes"].long(), data["labels"], captions
+        self.key = "latents" if "latents" in data else "codes"  # continuous tokenizers cache latents
+        self.codes = data[self.key].long() if self.key == "codes" else data[self.key]
+        self.labels, self.captions = data["labels"], captions
         self.split, self.cache = split, cache
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"codes": self.codes[i], "label": int(self.labels[i])}
+        x = self.codes[i]
+        if self.flip:
+            x = x[int(torch.randint(0, 2, ()))]
+        item = {self.key: x, "label": int(self.labels[i])}
         if self.captions is not None:
             item["caption"] = self.captions[i]
         return item
