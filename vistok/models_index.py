@@ -9,4 +9,5 @@ import vistok.tokenizers.tokenflow  # noqa: F401
 import vistok.tokenizers.semantic_teacher  # noqa: F401
 import vistok.tokenizers.kl  # noqa: F401
 import vistok.generators.ar  # noqa: F401
+import vistok.generators.xar  # noqa: F401
 import vistok.evaluation.lenet  # noqa: F401

@@ -172,6 +172,13 @@ def check_compatible(tokenizer, generator) -> None:
     """A generator must speak its tokenizer's vocabulary on its token grid."""
     if tokenizer is None or generator is None:
         return
+    if getattr(generator, "continuous", False) or getattr(tokenizer, "codebook_size", 0) is None:
+        lat = tuple(getattr(tokenizer, "latent_shape", ()))
+        if not getattr(generator, "continuous", False) or tuple(getattr(generator, "latent_shape", ())) != lat:
+            raise ValueError(f"a continuous tokenizer (latents {lat}) needs a continuous generator with the same "
+                             f"latent_shape; got '{generator.model_type}' with "
+                             f"{tuple(getattr(generator, 'latent_shape', ())) or 'discrete codes'}")
+        return
     if generator.vocab_size != tokenizer.codebook_size:
         raise ValueError(f"generator vocab_size {generator.vocab_size} != tokenizer codebook_size {tokenizer.codebook_size}")
     tok_scales = list(getattr(tokenizer, "scales", []) or [])
