@@ -55,10 +55,14 @@ def _main(argv=None) -> int:
     p.add_argument("--prompts", help="text-conditional generators: GenEval metadata jsonl (one prompt per line)")
     p.add_argument("--images-per-prompt", type=int, default=4, help="with --prompts (GenEval uses 4)")
     p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--cfg-schedule", choices=("constant", "linear"), default="constant")
+    p.add_argument("--cfg-schedule", choices=("constant", "linear"), default=None,
+                   help="default: constant (discrete AR), linear across entities (xAR)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=0, help="xAR: flow-matching steps per entity (default: the model's)")
+    p.add_argument("--solver", choices=("euler", "euler-maruyama"), default="euler-maruyama", help="xAR")
+    p.add_argument("--noise", type=float, default=1.0, help="xAR, euler-maruyama: SDE noise (0 = the ODE)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute every token (reference; slow)")
@@ -89,6 +93,15 @@ def _main(argv=None) -> int:
     return 0
 
 
+def sampling_settings(pipe, args) -> dict:
+    """Discrete generators: temperature / top-k / top-p; continuous ones (xAR): flow steps, solver, SDE noise."""
+    common = dict(cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule or
+                  ("linear" if getattr(pipe.generator, "continuous", False) else "constant"), use_cache=not args.no_cache)
+    if getattr(pipe.generator, "continuous", False):
+        return dict(common, steps=args.steps or pipe.generator.steps, solver=args.solver, noise=args.noise)
+    return dict(common, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
+
 def generate(pipe, args) -> dict:
     k = pipe.generator.num_classes
     if args.class_labels:
@@ -100,8 +113,7 @@ def generate(pipe, args) -> dict:
     bad = [c for c in labels if not 0 <= c < k]
     if bad:
         raise ValueError(f"--class-labels {bad[:5]} out of range: this generator has classes 0..{k - 1}")
-    sampling = dict(cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)
+    sampling = sampling_settings(pipe, args)
     state = PartialState(cpu=not torch.cuda.is_available())
     pipe.to(state.device)
     # batch b (seeded with seed + b) goes to rank b % world: the same images for any number of processes
@@ -126,8 +138,7 @@ def generate_prompts(pipe, args) -> dict:
     from vistok.evaluation.geneval import read_prompts, write_prompt_folder
 
     prompts = read_prompts(args.prompts)
-    sampling = dict(cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)
+    sampling = sampling_settings(pipe, args)
     state = PartialState(cpu=not torch.cuda.is_available())
     pipe.to(state.device)
     for i, meta in enumerate(prompts):  # prompt i (seed + i) on rank i % world

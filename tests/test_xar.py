@@ -102,6 +102,24 @@ def test_release_round_trip_samples(tmp_path):
     a = pipe(class_labels=[1, 2], seed=3, cfg_scale=2.0)
     b = Pipeline.from_pretrained(str(tmp_path / "rel"))(class_labels=[1, 2], seed=3, cfg_scale=2.0)
     assert a.shape == (2, 1, 32, 32) and torch.equal(a, b)
+    from tests.conftest import run_cli
+
+    run_cli(["sample.py", "--pipeline", str(tmp_path / "rel"), "--out", str(tmp_path / "s"), "--class-labels", "1", "2",
+             "--steps", "2", "--solver", "euler", "--cfg-scale", "2", "--seed", "3"])
+    import json
+
+    settings = json.loads((tmp_path / "s" / "sampling.json").read_text())
+    assert settings["steps"] == 2 and settings["solver"] == "euler" and settings["cfg_schedule"] == "linear"
+    assert (tmp_path / "s" / "00001.png").is_file()
     bad = XARGenerator(latent_shape=[3, 8, 8], num_classes=10, entity="cell", cell=4, dim=32, depth=1, heads=2)
     with pytest.raises(ValueError, match="latent_shape"):
         Pipeline(tok, bad).save_pretrained(str(tmp_path / "bad")) or Pipeline.from_pretrained(str(tmp_path / "bad"))
+
+
+def test_xar_b_has_the_official_parameter_count():
+    from vistok.config import build, load_config
+
+    with torch.device("meta"):
+        m = build("model", load_config("configs/xar/imagenet256.yaml").model)
+    n = sum(p.numel() for p in m.parameters())
+    assert abs(n - 172.6e6) / 172.6e6 < 0.01, n

@@ -20,10 +20,11 @@ KINDS = ("token", "cell", "subsample", "scale", "image")
 
 class EntityLayout:
     def __init__(self, kind: str, height: int, width: int, cell: int = 2, stride: int = 2, scales=()):
+        # index bookkeeping lives on the CPU (also when a model is built under torch.device("meta"))
         if kind not in KINDS:
             raise ValueError(f"xar: entity '{kind}'; expected one of {KINDS}")
         self.kind, self.h, self.w = kind, height, width
-        rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        rows, cols = torch.meshgrid(torch.arange(height, device="cpu"), torch.arange(width, device="cpu"), indexing="ij")
         rows, cols = rows.flatten(), cols.flatten()
         if kind == "scale":
             scales = [int(s) for s in scales]
@@ -33,9 +34,9 @@ class EntityLayout:
             self.scales = scales
             pos, ids = [], []
             for k, s in enumerate(scales):
-                r, c = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+                r, c = torch.meshgrid(torch.arange(s, device="cpu"), torch.arange(s, device="cpu"), indexing="ij")
                 pos.append(torch.stack([(r.flatten() + 0.5) * height / s - 0.5, (c.flatten() + 0.5) * width / s - 0.5], -1))
-                ids.append(torch.full((s * s,), k))
+                ids.append(torch.full((s * s,), k, device="cpu"))
             self.positions, self.entity = torch.cat(pos).float(), torch.cat(ids)
             self.perm = None
         else:
@@ -52,7 +53,7 @@ class EntityLayout:
                     raise ValueError(f"xar: stride {stride} does not divide the {height}x{width} latent grid")
                 key = (rows % stride) * stride + cols % stride
             order = sorted(range(height * width), key=lambda i: (int(key[i]), i))
-            self.perm = torch.tensor(order)
+            self.perm = torch.tensor(order, device="cpu")
             _, self.entity = torch.unique(key[self.perm], return_inverse=True)
             self.positions = torch.stack([rows[self.perm], cols[self.perm]], -1).float()
         self.num_entities = int(self.entity.max()) + 1
