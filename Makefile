@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-shapes test setup clean bench
+.PHONY: demo demo-shapes demo-xar test setup clean bench
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 demo-shapes: $(STAMP)
 	$(BIN)/python scripts/demo_shapes.py
+
+demo-xar: $(STAMP)
+	$(BIN)/python scripts/demo_xar.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

@@ -14,7 +14,7 @@ from vistok.pipeline import release
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", help="run folder of the tokenizer (runs/<name>)")
+    p.add_argument("--tokenizer", help="run folder of the tokenizer (runs/<name>), or a release folder to reuse as is")
     p.add_argument("--model", help="release one model of any kind as a model folder (config.json + model.safetensors)")
     p.add_argument("--generator", help="run folder of the generator")
     p.add_argument("--sr", help="run folder of a super-resolution stage")

@@ -151,6 +151,13 @@ def release(out: str, tokenizer: str, generator: str | None = None, sr: str | No
     for name, run in runs.items():
         if not run:
             continue
+        if name == "tokenizer" and os.path.isfile(os.path.join(run, PIPELINE_NAME)):
+            # an existing release (e.g. a tokenizer whose latent scale was measured after training): reuse it as is
+            prev = Pipeline.from_pretrained(run)
+            models[name], data = prev.tokenizer, prev.data
+            sources[name] = {"release": os.path.abspath(run), **(prev.info.get("sources", {}).get("tokenizer") or {})}
+            cards.append(f"## tokenizer: `{prev.tokenizer.model_type}` from the release `{run}`\n")
+            continue
         model, cfg, info = model_from_run(run)
         if getattr(model, "kind", None) != name:
             raise ValueError(f"--{name} {run}: its model '{model.model_type}' is a {getattr(model, 'kind', '?')}, not a {name}")
