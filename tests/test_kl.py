@@ -68,6 +68,8 @@ def test_kl_release_scale_and_reconstruct_cli(tmp_path):
                                 "--write"]).stdout.strip().splitlines()[-1])
     cfg = json.loads((tmp_path / "rel" / "tokenizer" / "config.json").read_text())
     assert cfg["scale_factor"] == stats["scale_factor"] > 0 and cfg["model_type"] == "kl"
+    run_cli(["release.py", "--tokenizer", str(tmp_path / "rel"), "--out", str(tmp_path / "rel2")])  # a release reused as is
+    assert json.loads((tmp_path / "rel2" / "tokenizer" / "config.json").read_text())["scale_factor"] == stats["scale_factor"]
     run_cli(["sample.py", "--pipeline", str(tmp_path / "rel"), "--out", str(tmp_path / "s"), "--num-images", "8"])
     rec = json.loads(run_cli(["evaluate.py", "recon", "--pipeline", str(tmp_path / "rel"), "--max-images", "50"]).stdout.strip().splitlines()[-1])
     assert rec["num_images"] == 50 and rec["psnr"] > 5 and "codebook_usage" not in rec
