@@ -49,6 +49,14 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
+def check_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class ids 0..num_classes-1, or num_classes (the null class: unconditional); anything else is an error."""
+    labels = labels.long()
+    if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
+        raise ValueError(f"class labels must be in 0..{num_classes - 1} (or {num_classes} for none), got {labels.tolist()}")
+    return labels
+
+
 def cfg_scales(scale: float, schedule: str, length: int) -> list[float]:
     """Guidance scale per token: constant, or linear from 1 (first token) to ``scale`` (last)."""
     if schedule == "constant":
@@ -245,10 +253,7 @@ class ARGenerator(VistokModel):
         else:
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass class labels, not prompts")
-            labels = labels.long()
-            if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
-                raise ValueError(f"class labels must be in 0..{self.num_classes - 1} (or {self.null_class} for none), "
-                                 f"got {labels.tolist()}")
+            labels = check_labels(labels, self.num_classes)
         guided = cfg_scale != 1.0
         cond = torch.cat([labels, self.null_condition(labels)]) if guided else labels
         if self.scales:

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vistok.generators.ar import check_labels
 from vistok.generators.entities import EntityLayout
 from vistok.modeling import VistokModel
 from vistok.nn.transformer import Attention, KVCache, RMSNorm, SwiGLU, rope_angles
@@ -181,10 +182,7 @@ class XARGenerator(VistokModel):
         """labels B (``null_class`` for unconditional) -> latents B,C,H,W (normalised as the tokenizer's encode)."""
         if solver not in ("euler", "euler-maruyama"):
             raise ValueError(f"solver '{solver}': expected 'euler' or 'euler-maruyama'")
-        labels = labels.long()
-        if int(labels.min()) < 0 or int(labels.max()) > self.num_classes:
-            raise ValueError(f"class labels must be in 0..{self.num_classes - 1} (or {self.num_classes} for none), "
-                             f"got {labels.tolist()[:8]}")
+        labels = check_labels(labels, self.num_classes)
         steps = steps or self.steps
         b, dev = labels.shape[0], labels.device
         guided = cfg_scale != 1.0

@@ -28,9 +28,11 @@ class LPIPS(nn.Module):
 
         self.features = vgg16(weights=None).features[: TAPS[-1] + 1]
         state = {k[len("features."):]: v for k, v in read_state_dict(vgg_weights, "LPIPS VGG-16").items() if k.startswith("features.")}
-        missing, unexpected = self.features.load_state_dict(state, strict=False)
-        if missing:
-            raise ValueError(f"LPIPS: '{vgg_weights}' lacks VGG-16 feature weights {['features.' + k for k in missing[:4]]}")
+        try:  # the feature layers up to relu5_3 hold every conv of VGG-16's features: a strict load
+            self.features.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"LPIPS: '{vgg_weights}' does not hold torchvision VGG-16 feature weights "
+                             f"('features.<i>.weight/bias'): {str(e).splitlines()[0]}") from e
         self.lins = nn.ParameterList(nn.Parameter(torch.full((c,), 1.0 / c), requires_grad=False) for c in CHANNELS)
         if lin_weights:
             lin = read_state_dict(lin_weights, "LPIPS linear-layer")

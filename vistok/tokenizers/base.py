@@ -13,6 +13,31 @@ class Tokenizer(VistokModel):
     lpips_weight: float = 0.0
     lpips_path: str = ""
 
+    gan_weight: float = 0.0
+    disc_args: dict = {}
+
+    def build_discriminator(self):
+        """The PatchGAN of the adversarial phase (trainer: train.disc_start), when gan_weight > 0."""
+        from vistok.nn.discriminator import PatchGAN
+
+        return PatchGAN(**self.disc_args) if self.gan_weight > 0 else None
+
+    def finish_losses(self, out: dict, loss: torch.Tensor, images: torch.Tensor, reconstruction: torch.Tensor,
+                      adversarial: bool = False, discriminator=None) -> dict:
+        """Adds the optional LPIPS and adversarial terms shared by every tokenizer, the total, and the
+        images the discriminator step reads (``_real``/``_fake``)."""
+        if self.lpips_weight > 0:
+            out["lpips"] = self.perceptual_loss(reconstruction, images)
+            loss = loss + self.lpips_weight * out["lpips"]
+        if adversarial and discriminator is not None and self.gan_weight > 0:
+            from vistok.nn.discriminator import hinge_g_loss
+
+            out["gan_g"] = hinge_g_loss(discriminator, reconstruction)
+            loss = loss + self.gan_weight * out["gan_g"]
+        out["loss"] = loss
+        out["_real"], out["_fake"] = images, reconstruction
+        return out
+
     def perceptual_loss(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Mean LPIPS, the network read once from ``lpips_path`` (local VGG-16 weights; never in state_dict)."""
         net = self.__dict__.get("_lpips")

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from vistok.nn.discriminator import PatchGAN, hinge_g_loss
 from vistok.registry import register_model
 from vistok.tokenizers.base import Tokenizer
 
@@ -95,18 +94,8 @@ class KLAutoencoder(Tokenizer):
         kl = 0.5 * (post.mean.float().pow(2) + post.var.float() - 1.0 - post.logvar.float()).mean()
         out = {"rec": rec, "kl": kl}
         loss = rec + self.kl_weight * kl
-        if self.lpips_weight > 0:
-            out["lpips"] = self.perceptual_loss(xr, x)
-            loss = loss + self.lpips_weight * out["lpips"]
-        if adversarial and discriminator is not None and self.gan_weight > 0:
-            out["gan_g"] = hinge_g_loss(discriminator, xr)
-            loss = loss + self.gan_weight * out["gan_g"]
-        out["loss"] = loss
-        out["_real"], out["_fake"] = x, xr
-        return out
+        return self.finish_losses(out, loss, x, xr, adversarial, discriminator)
 
-    def build_discriminator(self):
-        return PatchGAN(**self.disc_args) if self.gan_weight > 0 else None
 
     @torch.no_grad()
     def latent_statistics(self, batches) -> dict:

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from vistok.modeling import VistokModel, freeze
 from vistok.nn.conv import Decoder, Encoder
-from vistok.nn.discriminator import PatchGAN, hinge_g_loss
 from vistok.nn.vit import TransformerStack, ViT
 from vistok.quantizers.dual import DualCodebook
 from vistok.quantizers.multiscale import MultiScaleResidualVQ
@@ -176,9 +175,6 @@ class TokenFlow(Tokenizer):
             object.__setattr__(self, "_teacher", t.to(next(self.parameters()).device))
         return self._teacher
 
-    def build_discriminator(self):
-        return PatchGAN(**self.disc_args) if self.gan_weight > 0 else None
-
     def forward(self, batch: dict, step: int = 0, adversarial: bool = False, discriminator=None, **_) -> dict:
         x = batch["image"]
         f_hat, _codes, vq_loss = self.quantize(x)
@@ -186,9 +182,6 @@ class TokenFlow(Tokenizer):
         rec = F.l1_loss(xr, x) if self.pixel_loss == "l1" else F.mse_loss(xr, x)
         out = {"rec": rec, "vq": vq_loss}
         loss = rec + self.w_vq * vq_loss
-        if self.lpips_weight > 0:
-            out["lpips"] = self.perceptual_loss(xr, x)
-            loss = loss + self.lpips_weight * out["lpips"]
         if self.semantic and self.w_semantic > 0:
             with torch.no_grad():
                 target = self.teacher().tokens(x).float()
@@ -196,12 +189,7 @@ class TokenFlow(Tokenizer):
             pred = self.semantic_decoder(sem_in).float()
             out["semantic"] = (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
             loss = loss + self.w_semantic * out["semantic"]
-        if adversarial and discriminator is not None and self.gan_weight > 0:
-            out["gan_g"] = hinge_g_loss(discriminator, xr)
-            loss = loss + self.gan_weight * out["gan_g"]
-        out["loss"] = loss
-        out["_real"], out["_fake"] = x, xr
-        return out
+        return self.finish_losses(out, loss, x, xr, adversarial, discriminator)
 
     @torch.no_grad()
     def code_embeddings(self, images: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from vistok.nn.conv import Decoder, Encoder
-from vistok.nn.discriminator import PatchGAN, hinge_g_loss
 from vistok.quantizers.vq import VQ
 from vistok.registry import register_model
 from vistok.tokenizers.base import Tokenizer
@@ -90,15 +89,5 @@ class VQGAN(Tokenizer):
         rec = F.l1_loss(xr, x) if self.recon_loss == "l1" else F.mse_loss(xr, x)
         out = {"rec": rec, "vq": vq_loss}
         loss = rec + vq_loss
-        if self.lpips_weight > 0:
-            out["lpips"] = self.perceptual_loss(xr, x)
-            loss = loss + self.lpips_weight * out["lpips"]
-        if adversarial and discriminator is not None and self.gan_weight > 0:
-            out["gan_g"] = hinge_g_loss(discriminator, xr)
-            loss = loss + self.gan_weight * out["gan_g"]
-        out["loss"] = loss
-        out["_real"], out["_fake"] = x, xr
-        return out
+        return self.finish_losses(out, loss, x, xr, adversarial, discriminator)
 
-    def build_discriminator(self):
-        return PatchGAN(**self.disc_args) if self.gan_weight > 0 else None
