@@ -84,6 +84,13 @@ def main():
             ("per repeat", ", ".join(f"{r}x" for r in mp["per_repeat"])),
             ("steps/s: 1 process / 2 processes", f"{mp['steps_per_s_1']} / {mp['steps_per_s_2']}"),
             ("set-up", f"{mp['threads']}; global batch {mp['global_batch']}, {mp['steps']} steps")])
+    xs = load("xar_sampling.json")
+    if xs:
+        blocks["xar_sampling"] = table([
+            (f"next-cell ({xs['entities_cell']} entities) vs next-token ({xs['entities_token']}), images/s ratio", f"{xs['cell_vs_token_speedup']}x"),
+            ("KV cache vs recomputing the prefix (next-cell)", f"{xs['cache_speedup']}x"),
+            ("images/s: cell / token / cell recomputed", f"{xs['images_per_s_cell']} / {xs['images_per_s_token']} / {xs['images_per_s_cell_recompute']}"),
+            ("cached = recomputed samples", xs["cached_equals_recomputed"]), ("model", xs["model"])])
     shapes = load("demo_shapes_metrics.json")
     if shapes:
         g = shapes["geneval"]
