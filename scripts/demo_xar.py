@@ -20,7 +20,7 @@ from demo import stage  # noqa: E402
 QUICK_TRAIN = ["train.eval_every=10", "train.image_every=10", "train.checkpoint_every=10", "train.batch_size=32"]
 QUICK_KL = ["train.max_steps=20", "model.block_out_channels=[8,16,16]", "model.norm_num_groups=4"] + QUICK_TRAIN
 QUICK_XAR = ["train.max_steps=20", "model.dim=32", "model.depth=1", "model.heads=2", "model.steps=3"] + QUICK_TRAIN
-CFG_SCALE = 3.0
+CFG_SCALE = 5.0  # ramped linearly over the entities: 1 on the first cell, 5 on the last
 
 
 def main():

@@ -84,6 +84,16 @@ def main():
             ("per repeat", ", ".join(f"{r}x" for r in mp["per_repeat"])),
             ("steps/s: 1 process / 2 processes", f"{mp['steps_per_s_1']} / {mp['steps_per_s_2']}"),
             ("set-up", f"{mp['threads']}; global batch {mp['global_batch']}, {mp['steps']} steps")])
+    dx = load("demo_xar_metrics.json")
+    if dx:
+        g, t = dx["generator"], dx["tokenizer"]
+        blocks["demo_xar"] = table([
+            ("KL tokenizer held-out PSNR (dB) / SSIM", f"{t['psnr']:.2f} / {t['ssim']:.4f}"),
+            (f"LeNet reads the requested digit (500 samples, CFG {g['cfg_scale']} ramped)", f"{g['class_accuracy']:.1%}"),
+            ("FD-LeNet vs held-out (floor)", f"{g['fd_lenet']:.1f} ({g['fd_lenet_floor']:.1f})"),
+            ("xAR", f"next-{g['entity']}, {'noisy context' if g['noisy_context'] else 'teacher forcing'}, "
+                    f"{dx['train']['xar_steps']} steps ({dx['train']['xar_seconds']:.0f} s)"),
+            ("sampling", f"{g['images_per_s']} images/s (20 Euler-Maruyama steps per cell, 16 cells)")])
     xs = load("xar_sampling.json")
     if xs:
         blocks["xar_sampling"] = table([
