@@ -51,6 +51,15 @@ def stage(name, timings, args):
     return json.loads(lines[-1]) if lines else {}
 
 
+def save_metrics(out: str, metrics: dict, results: str | None) -> None:
+    """runs/<demo>/metrics.json, and a copy under results/ (the README's figures) unless None (--quick)."""
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    if results:
+        os.makedirs(os.path.dirname(results) or ".", exist_ok=True)
+        shutil.copyfile(os.path.join(out, "metrics.json"), results)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo")
@@ -114,12 +123,7 @@ def main():
                         "seconds": summary.get("seconds")}
     metrics["train_generator"] = {"steps": gen_summary.get("step"), "steps_per_second": gen_summary.get("steps_per_second"),
                                   "seconds": gen_summary.get("seconds")}
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    results = args.results or (None if args.quick else os.path.join("results", "demo_metrics.json"))
-    if results:
-        os.makedirs(os.path.dirname(results), exist_ok=True)
-        shutil.copyfile(os.path.join(out, "metrics.json"), results)
+    save_metrics(out, metrics, args.results or (None if args.quick else os.path.join("results", "demo_metrics.json")))
     write_report(out, run_dir, rel, metrics, args.tokenizer)
     total = round(time.time() - t_all, 1)
     print(f"\nstage times (s): {json.dumps(timings)}; total {total} s")

@@ -13,7 +13,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import stage  # noqa: E402
+from demo import save_metrics, stage  # noqa: E402
 
 PROMPTS = "vistok/evaluation/prompts/shapes_geneval.jsonl"
 QUICK_TOK = ["train.max_steps=20", "model.ch=8", "model.z_channels=16", "model.codebook_size=64", "data.size=256",
@@ -59,12 +59,7 @@ def main():
                   "generator_steps": gen.get("step")},
         "timings_seconds": timings,
     }
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    if not args.quick:
-        os.makedirs("results", exist_ok=True)
-        with open(os.path.join("results", "demo_shapes_metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
+    save_metrics(out, metrics, None if args.quick else os.path.join("results", "demo_shapes_metrics.json"))
     g = metrics["geneval"]
     lines = ["# vistok ShapesWorld text-to-image demo", "",
              f"Tokenizer `vqgan` (held-out PSNR {recon['psnr']:.2f} dB, usage {recon['codebook_usage']:.1%}); "

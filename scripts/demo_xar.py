@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import stage  # noqa: E402
+from demo import save_metrics, stage  # noqa: E402
 
 QUICK_TRAIN = ["train.eval_every=10", "train.image_every=10", "train.checkpoint_every=10", "train.batch_size=32"]
 QUICK_KL = ["train.max_steps=20", "model.block_out_channels=[8,16,16]", "model.norm_num_groups=4"] + QUICK_TRAIN
@@ -62,12 +62,7 @@ def main():
         "train": {"kl_seconds": kl.get("seconds"), "xar_seconds": gen.get("seconds"), "xar_steps": gen.get("step")},
         "timings_seconds": timings,
     }
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    if not args.quick:
-        os.makedirs("results", exist_ok=True)
-        with open(os.path.join("results", "demo_xar_metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
+    save_metrics(out, metrics, None if args.quick else os.path.join("results", "demo_xar_metrics.json"))
     g = metrics["generator"]
     lines = ["# vistok xAR demo (MNIST)", "",
              f"KL tokenizer: held-out PSNR {recon['psnr']:.2f} dB. xAR next-{args.entity} "
