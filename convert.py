@@ -4,6 +4,8 @@
     python convert.py llamagen --vq vq_ds16_c2i.pt [--gpt c2i_B_256.pt] --out checkpoints/llamagen-b
     python convert.py tokenflow --ckpt tokenflow_clipb_32k_enhanced.pt --out checkpoints/tokenflow-clipb
                       [--scales 1 2 4 6 8 10 12 14]
+    python convert.py mar-kl16 --vae kl16.ckpt --out checkpoints/kl16-imagenet
+    python convert.py xar --vae kl16.ckpt --ckpt xAR-B.pth --out checkpoints/xar-b
 
 A tokenizer alone becomes a one-stage pipeline (``sample.py --pipeline`` reconstructs with it); with --gpt
 the pipeline also holds the generator. What each converter maps, and what it cannot, is in
@@ -16,11 +18,14 @@ import sys
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", choices=["llamagen", "tokenflow"])
+    p.add_argument("source", choices=["llamagen", "tokenflow", "mar-kl16", "xar"])
     p.add_argument("--vq", help="LlamaGen VQ checkpoint (.pt / .safetensors)")
     p.add_argument("--gpt", help="LlamaGen class-conditional GPT checkpoint")
-    p.add_argument("--ckpt", help="TokenFlow tokenizer checkpoint")
-    p.add_argument("--image-size", type=int, default=256, help="LlamaGen VQ: the training resolution")
+    p.add_argument("--ckpt", help="TokenFlow tokenizer / xAR generator checkpoint")
+    p.add_argument("--vae", help="MAR's KL-16 VAE checkpoint (kl16.ckpt)")
+    p.add_argument("--vae-scale", type=float, default=0.2325, help="KL-16 latent scale (MAR: 0.2325)")
+    p.add_argument("--heads", type=int, help="xAR: attention heads (default from the width: B 12, L/H 16)")
+    p.add_argument("--image-size", type=int, default=256, help="LlamaGen VQ / KL-16: the training resolution")
     p.add_argument("--head-dim", type=int, default=64, help="LlamaGen GPT: dim per head (64 for B/L/XL/XXL/3B)")
     p.add_argument("--scales", type=int, nargs="+", help="TokenFlow: the scales (default from the file name's teacher)")
     p.add_argument("--out", required=True)
@@ -37,6 +42,18 @@ def main(argv=None) -> int:
         generator = convert_gpt(args.gpt, head_dim=args.head_dim) if args.gpt else None
         pipe = Pipeline(tokenizer, generator)
         sources = {"tokenizer": args.vq, **({"generator": args.gpt} if args.gpt else {})}
+    elif args.source in ("mar-kl16", "xar"):
+        from vistok.convert.mar import convert_kl16
+
+        if not args.vae or (args.source == "xar" and not args.ckpt):
+            p.error(f"{args.source} needs --vae" + (" and --ckpt" if args.source == "xar" else ""))
+        tokenizer = convert_kl16(args.vae, image_size=args.image_size, scale_factor=args.vae_scale)
+        generator, sources = None, {"tokenizer": args.vae}
+        if args.source == "xar":
+            from vistok.convert.xar import convert_xar
+
+            generator, sources["generator"] = convert_xar(args.ckpt, heads=args.heads), args.ckpt
+        pipe = Pipeline(tokenizer, generator)
     else:
         from vistok.convert.tokenflow import convert_tokenflow
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """xAR's noisy context learning vs teacher forcing on MNIST, at the same model, steps and data.
 
-    python benchmarks/xar_ablation.py --tokenizer checkpoints/demo-xar-kl [--steps 600] [--seeds 0 1 2]
+    python benchmarks/xar_ablation.py --tokenizer checkpoints/demo-xar-kl [--steps 1500] [--seeds 0 1 2]
 
 The tokenizer is a KL release with a measured latent scale (`make demo-xar` writes checkpoints/demo-xar-kl).
 Each run trains configs/xar/mnist.yaml (next-cell) with a smaller model (4 x 96) for --steps, then samples
@@ -18,37 +18,19 @@ import statistics
 import sys
 import tempfile
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vistok.config import load_config  # noqa: E402
-from vistok.data.mnist import MNIST  # noqa: E402
-from vistok.evaluation.lenet import class_accuracy, fd_lenet, load_lenet  # noqa: E402
-from vistok.pipeline import Pipeline, model_from_run  # noqa: E402
-from vistok.training.trainer import train  # noqa: E402
+from benchmarks.xar_mnist import train_and_score  # noqa: E402
 
 
 def run(noisy: bool, seed: int, args, tmp: str) -> dict:
-    out = os.path.join(tmp, f"{'noisy' if noisy else 'teacher'}-{seed}")
-    train(load_config("configs/xar/mnist.yaml", [
-        f"data.tokenizer={args.tokenizer}", f"model.noisy_context={str(noisy).lower()}", "model.dim=96", "model.depth=4",
-        f"train.max_steps={args.steps}", f"train.seed={seed}", "train.progress=false", "train.image_every=0",
-        "train.eval_every=0", "train.log_with=none", f"train.checkpoint_every={args.steps}", f"train.output_dir={out}"]))
-    gen, _, _ = model_from_run(out)
-    tok = Pipeline.from_pretrained(args.tokenizer).tokenizer
-    labels = torch.arange(10).repeat_interleave(50)
-    with torch.no_grad():
-        images = torch.cat([tok.decode(gen.sample(labels[i:i + 100], cfg_scale=5.0, steps=10,
-                                                  generator=torch.Generator().manual_seed(i))).clamp(-1, 1)
-                            for i in range(0, 500, 100)])
-    lenet = load_lenet("checkpoints/fd_lenet")
-    return {"acc": class_accuracy(lenet, images, labels), "fd_lenet": fd_lenet(lenet, images, MNIST("test").images)}
+    return train_and_score("noisy" if noisy else "teacher", [f"model.noisy_context={str(noisy).lower()}", "model.dim=96",
+                                                             "model.depth=4"], args.tokenizer, args.steps, seed, tmp)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", default="checkpoints/demo-xar-kl")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args()
     res = {"noisy": [], "teacher": []}

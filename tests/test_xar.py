@@ -123,3 +123,22 @@ def test_xar_b_has_the_official_parameter_count():
         m = build("model", load_config("configs/xar/imagenet256.yaml").model)
     n = sum(p.numel() for p in m.parameters())
     assert abs(n - 172.6e6) / 172.6e6 < 0.01, n
+
+
+def test_constant_then_cosine_schedule_follows_the_paper_recipe():
+    from vistok.config import load_config
+    from vistok.training.trainer import _scheduler
+
+    t = load_config("configs/xar/imagenet256.yaml", ["train.max_steps=800", "train.warmup_steps=100",
+                                                     "train.decay_start=600"]).train
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=t.lr)
+    sched, lrs = _scheduler(opt, t, 1), []
+    for _ in range(800):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step(), sched.step()
+    assert lrs[0] == pytest.approx(4e-4 / 100) and lrs[99] == pytest.approx(4e-4)  # warm-up
+    assert all(lr == pytest.approx(4e-4) for lr in lrs[100:601])  # constant to the decay start
+    assert lrs[700] == pytest.approx(1e-5 + (4e-4 - 1e-5) * 0.5)  # half-way down the cosine
+    assert lrs[799] == pytest.approx(1e-5, rel=0.01) and all(a >= b for a, b in zip(lrs[600:], lrs[601:]))
+    with pytest.raises(ValueError, match="decay_start"):
+        _scheduler(opt, load_config("configs/xar/imagenet256.yaml", ["train.decay_start=10"]).train, 1)

@@ -38,8 +38,10 @@ class TrainConfig:
     lr: float = 1e-3
     betas: list = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0
-    lr_schedule: str = "cosine"  # constant | cosine | linear (all with warm-up)
+    lr_schedule: str = "cosine"  # constant | cosine | linear | constant_cosine (all with warm-up)
     warmup_steps: int = 0
+    decay_start: int = 0  # constant_cosine: the step where the cosine decay begins (xAR/MAR: epoch 600 of 800)
+    min_lr: float = 0.0  # constant_cosine: the lr the cosine reaches at max_steps (xAR: 1e-5)
     grad_clip: float = 1.0  # 0 disables clipping
     grad_accum_steps: int = 1
     mixed_precision: str = "bf16"  # no | bf16 | fp16 (bf16 falls back to no where unsupported)
@@ -76,7 +78,7 @@ class EvalConfig:
 
 SCHEMAS = {"train": TrainConfig, "sample": SampleConfig, "eval": EvalConfig}
 _CHOICES = {
-    ("train", "lr_schedule"): ("constant", "cosine", "linear"),
+    ("train", "lr_schedule"): ("constant", "cosine", "linear", "constant_cosine"),
     ("train", "mixed_precision"): ("no", "bf16", "fp16"),
     ("train", "log_with"): ("tensorboard", "wandb", "none"),
     ("train", "on_nan"): ("stop", "skip"),

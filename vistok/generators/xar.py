@@ -32,11 +32,15 @@ from vistok.nn.transformer import Attention, KVCache, RMSNorm, SwiGLU, rope_angl
 from vistok.registry import register_model
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """t in [0, 1] (any shape) -> sinusoidal features (..., dim) of 1000 t."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, discrete: bool = False) -> torch.Tensor:
+    """t in [0, 1] (any shape) -> sinusoidal features (..., dim) of 1000 t (``discrete``: of int(1000 t), as
+    the released xAR code embeds it)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = (t.float() * 1000)[..., None] * freqs
+    steps = t.float() * 1000
+    if discrete:
+        steps = steps.long().float()
+    args = steps[..., None] * freqs
     return torch.cat([args.cos(), args.sin()], -1)
 
 
@@ -45,10 +49,10 @@ def modulate(x, shift, scale):
 
 
 class AdaLNBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 8 / 3, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, hidden: int, dropout: float = 0.0, bias: bool = False, mlp_act: str = "silu"):
         super().__init__()
-        self.norm1, self.attn = RMSNorm(dim), Attention(dim, heads)
-        self.norm2, self.mlp = RMSNorm(dim), SwiGLU(dim, int(dim * mlp_ratio + 7) // 8 * 8)
+        self.norm1, self.attn = RMSNorm(dim), Attention(dim, heads, bias=bias)
+        self.norm2, self.mlp = RMSNorm(dim), SwiGLU(dim, hidden, bias=bias, act=mlp_act)
         self.ada = nn.Linear(dim, 6 * dim)
         self.drop = nn.Dropout(dropout)
 
@@ -88,6 +92,12 @@ class XARGenerator(VistokModel):
         t_std: float = 1.0,
         steps: int = 40,
         t_min: float = 0.04,
+        encoder_depth: int = 0,
+        final_adaln: bool = True,
+        bias: bool = False,
+        mlp_act: str = "silu",
+        mlp_hidden: int = 0,
+        discrete_t: bool = False,
     ):
         super().__init__()
         c, h, w = (int(v) for v in latent_shape)
@@ -96,13 +106,21 @@ class XARGenerator(VistokModel):
         self.class_dropout, self.noisy_context = class_dropout, noisy_context
         self.t_mean, self.t_std, self.steps, self.t_min = t_mean, t_std, steps, t_min
         self.depth, self.heads, self.head_dim, self.dim = depth, heads, dim // heads, dim
+        if not 0 <= encoder_depth < depth:
+            raise ValueError(f"xar: encoder_depth {encoder_depth} must be in [0, depth={depth})")
+        self.encoder_depth, self.discrete_t = encoder_depth, discrete_t
         n = self.layout.num_tokens
         self.in_proj = nn.Linear(c, dim)
         self.pos_emb = nn.Parameter(torch.zeros(n, dim))
         self.class_emb = nn.Embedding(num_classes + 1, dim)
         self.t_mlp = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.blocks = nn.ModuleList(AdaLNBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth))
-        self.norm, self.final_ada, self.out = RMSNorm(dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, c)
+        hidden = mlp_hidden or int(dim * mlp_ratio + 7) // 8 * 8
+        self.blocks = nn.ModuleList(AdaLNBlock(dim, heads, hidden, dropout, bias, mlp_act) for _ in range(depth))
+        if encoder_depth:  # the released code's MAR-style encoder / decoder halves of one causal stack
+            self.in_norm, self.mid_norm, self.mid_proj = RMSNorm(dim), RMSNorm(dim), nn.Linear(dim, dim)
+            self.pos_emb2 = nn.Parameter(torch.zeros(n, dim))
+        self.norm, self.out = RMSNorm(dim), nn.Linear(dim, c)
+        self.final_ada = nn.Linear(dim, 2 * dim) if final_adaln else None
         self.register_buffer("entity", self.layout.entity, persistent=False)
         self.register_buffer("positions", self.layout.positions, persistent=False)
         self.register_buffer("block_mask", self.layout.mask(), persistent=False)
@@ -110,6 +128,8 @@ class XARGenerator(VistokModel):
 
     def _init(self):
         nn.init.normal_(self.pos_emb, std=0.02)
+        if self.encoder_depth:
+            nn.init.normal_(self.pos_emb2, std=0.02)
         nn.init.normal_(self.class_emb.weight, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -119,7 +139,8 @@ class XARGenerator(VistokModel):
         for blk in self.blocks:  # AdaLN-zero: every block starts as the identity
             nn.init.zeros_(blk.ada.weight), nn.init.zeros_(blk.ada.bias)
         for m in (self.final_ada, self.out):
-            nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
+            if m is not None:
+                nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
 
     @property
     def num_entities(self) -> int:
@@ -130,10 +151,16 @@ class XARGenerator(VistokModel):
                  cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
         """x B,T,C noisy tokens at sequence slots ``index`` (T,) with times t B,T -> predicted velocity B,T,C."""
         h = self.in_proj(x) + self.pos_emb[index]
-        c = self.class_emb(labels)[:, None] + self.t_mlp(timestep_embedding(t, 256))
+        if self.encoder_depth:
+            h = self.in_norm(h)
+        c = self.class_emb(labels)[:, None] + self.t_mlp(timestep_embedding(t, 256, discrete=self.discrete_t))
         angles = rope_angles(self.positions[index], self.head_dim)[None].expand(x.shape[0], -1, -1)
         for i, blk in enumerate(self.blocks):
+            if self.encoder_depth and i == self.encoder_depth:
+                h = self.mid_proj(self.mid_norm(h)) + self.pos_emb2[index]
             h = blk(h, c, angles, mask, cache, i, start)
+        if self.final_ada is None:
+            return self.out(self.norm(h))
         shift, scale = self.final_ada(F.silu(c)).chunk(2, -1)
         return self.out(modulate(self.norm(h), shift, scale))
 

@@ -64,13 +64,13 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention: dim {dim} is not divisible by heads {heads}")
         self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x, angles, mask=None, cache: KVCache | None = None, layer: int = 0, start: int = 0):
         """mask: None (bidirectional), "causal", or a boolean tensor (True = attend)."""
@@ -91,15 +91,23 @@ class Attention(nn.Module):
         return self.proj(out.to(dtype).transpose(1, 2).reshape(b, t, -1))
 
 
+GATE_ACTS = {"silu": F.silu, "gelu": F.gelu}  # gelu: exact erf form (timm's SwiGLU with act_layer=nn.GELU)
+
+
 class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    """w3(act(a) * b) with [a, b] = w12(x); ``act`` silu (SwiGLU) or gelu (GeGLU, as xAR's released blocks)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu"):
         super().__init__()
-        self.w12 = nn.Linear(dim, 2 * hidden, bias=False)
-        self.w3 = nn.Linear(hidden, dim, bias=False)
+        if act not in GATE_ACTS:
+            raise ValueError(f"mlp act '{act}': expected one of {sorted(GATE_ACTS)}")
+        self.act = GATE_ACTS[act]
+        self.w12 = nn.Linear(dim, 2 * hidden, bias=bias)
+        self.w3 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x):
         a, b = self.w12(x).chunk(2, -1)
-        return self.w3(F.silu(a) * b)
+        return self.w3(self.act(a) * b)
 
 
 class Block(nn.Module):

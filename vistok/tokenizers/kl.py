@@ -40,6 +40,7 @@ class KLAutoencoder(Tokenizer):
         latent_channels: int = 16,
         norm_num_groups: int = 32,
         mid_attention: bool = True,
+        attn_down_levels: list[int] = (),
         scale_factor: float = 1.0,
         shift_factor: float = 0.0,
         kl_weight: float = 1e-6,
@@ -59,8 +60,14 @@ class KLAutoencoder(Tokenizer):
             raise ValueError(f"kl: image_size {image_size} is not divisible by the downsampling factor {factor} "
                              f"(block_out_channels {list(block_out_channels)})")
         n = len(block_out_channels)
+        bad = [lv for lv in attn_down_levels if not 0 <= int(lv) < n]
+        if bad:
+            raise ValueError(f"kl: attn_down_levels {list(attn_down_levels)} has levels {bad} outside 0..{n - 1}")
+        # LDM / MAR KL-16 encoders attend after each resnet of their lowest-resolution level: attn_down_levels [n-1]
+        down = tuple("AttnDownEncoderBlock2D" if i in {int(lv) for lv in attn_down_levels} else "DownEncoderBlock2D"
+                     for i in range(n))
         self.vae = AutoencoderKL(in_channels=in_channels, out_channels=in_channels,
-                                 down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                                 down_block_types=down, up_block_types=("UpDecoderBlock2D",) * n,
                                  block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
                                  latent_channels=latent_channels, norm_num_groups=norm_num_groups, sample_size=image_size,
                                  mid_block_add_attention=mid_attention)
@@ -123,6 +130,7 @@ class KLAutoencoder(Tokenizer):
                     block_out_channels=list(cfg["block_out_channels"]), layers_per_block=cfg.get("layers_per_block", 1),
                     latent_channels=cfg.get("latent_channels", 4), norm_num_groups=cfg.get("norm_num_groups", 32),
                     mid_attention=cfg.get("mid_block_add_attention", True),
+                    attn_down_levels=[i for i, t in enumerate(cfg.get("down_block_types", ())) if t.startswith("Attn")],
                     scale_factor=kwargs.pop("scale_factor", cfg.get("scaling_factor") or 1.0),
                     shift_factor=kwargs.pop("shift_factor", cfg.get("shift_factor") or 0.0), **kwargs)
         model.vae.load_state_dict(vae.state_dict(), strict=True)

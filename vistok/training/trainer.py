@@ -239,9 +239,28 @@ def save_checkpoint(accelerator: Accelerator, ckpt_dir: str, step: int, cfg: Dic
     return final
 
 
+def constant_cosine_factor(step: int, warmup: int, decay_start: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, constant until ``decay_start``, then half a cosine to ``min_ratio`` at ``total``
+    (the xAR / MAR recipe: warm-up 100 epochs, constant to 600, cosine to 1e-5 at 800)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def _scheduler(opt, t, num_processes: int):
     from diffusers.optimization import get_scheduler
 
+    if t.lr_schedule == "constant_cosine":
+        if not t.warmup_steps <= t.decay_start <= t.max_steps:
+            raise ValueError(f"train.decay_start {t.decay_start}: expected warmup_steps ({t.warmup_steps}) <= decay_start "
+                             f"<= max_steps ({t.max_steps})")
+        if not 0 <= t.min_lr <= t.lr:
+            raise ValueError(f"train.min_lr {t.min_lr}: expected 0 <= min_lr <= lr ({t.lr})")
+        args = (t.warmup_steps * num_processes, t.decay_start * num_processes, t.max_steps * num_processes, t.min_lr / t.lr if t.lr else 0.0)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: constant_cosine_factor(s, *args))
     name = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}[t.lr_schedule]
     # accelerate steps a prepared scheduler once per process per optimizer step
     return get_scheduler(name, opt, num_warmup_steps=t.warmup_steps * num_processes,
