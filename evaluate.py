@@ -6,6 +6,7 @@ writes it to --out FILE when given.
     python evaluate.py fid      --samples DIR --reference DIR|stats.npz --inception-weights PATH [--kid] [--save-stats F.npz]
     python evaluate.py classify --samples DIR [--labels-from DIR/sampling.json]
     python evaluate.py geneval  --samples DIR [--detector shapes] [--ceiling]
+    python evaluate.py sr       --model checkpoints/NAME|runs/NAME [--data skimage|FOLDER] [--tile 128 --tile-overlap 16]
 
 recon and fid also run under torchrun / accelerate launch: each rank takes a disjoint shard (uneven when
 the count is not divisible), the statistics are summed over ranks, rank 0 prints the same JSON.
@@ -44,7 +45,14 @@ def main(argv=None) -> int:
     g.add_argument("--samples", required=True)
     g.add_argument("--detector", default="shapes", help="'shapes': the exact ShapesWorld detector")
     g.add_argument("--ceiling", action="store_true", help="also score real scenes rendered for the same prompts")
-    for sp in (r, f, c, g):
+    s = sub.add_parser("sr", help="super-resolution: Y-PSNR / Y-SSIM (border = scale) per image and mean, bicubic alongside")
+    s.add_argument("--model", required=True, help="a pipeline folder with an sr stage, or a training run folder")
+    s.add_argument("--data", default="skimage", help="'skimage' (its held-out photos), an image folder, or a benchmark "
+                                                      "folder in BasicSR's layout (Set5/HR, Set5/LR_bicubic/X2)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--tile", type=int, default=0, help="LR tile size for big images (0: whole-image inference)")
+    s.add_argument("--tile-overlap", type=int, default=16, help="LR pixels shared by neighbouring tiles on each side")
+    for sp in (r, f, c, g, s):
         sp.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
     state = None
@@ -112,6 +120,10 @@ def run(args) -> dict:
         result["protocol"] = (f"GenEval rules (thresholds 0.3 / 0.9 counting, max 16 per class, position shrink 0.1), "
                               f"detector '{args.detector}'")
         return result
+    if args.cmd == "sr":
+        from vistok.evaluation.sr import evaluate_sr
+
+        return evaluate_sr(args.model, args.data, args.split, args.tile, args.tile_overlap)
     raise ValueError(args.cmd)
 
 

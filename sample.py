@@ -121,15 +121,21 @@ def generate(pipe, args) -> dict:
         if bi % state.num_processes == state.process_index:
             images = pipe(labels[i:i + args.batch_size], seed=args.seed + bi, **sampling)
             save_images(images, args.out, start=i, grid_max=0)
+            if pipe.sr is not None:  # the cascade: the upscaled images go to OUT/sr/ under the same names
+                save_images(pipe.upscale(images), os.path.join(args.out, "sr"), start=i, grid_max=0)
     state.wait_for_everyone()
     if state.is_main_process:
         images = read_images(args.out, len(labels))
         per_class = min(8, max(labels.count(c) for c in set(labels)))
         save_grid(class_grid(images, labels, per_class), os.path.join(args.out, "grid.png"), nrow=per_class)
+        if pipe.sr is not None:
+            save_grid(class_grid(read_images(os.path.join(args.out, "sr"), len(labels)), labels, per_class),
+                      os.path.join(args.out, "sr", "grid.png"), nrow=per_class)
         if args.npz:
             arr = to_uint8(images)
             np.savez(os.path.join(args.out, "samples.npz"), arr_0=arr if arr.shape[-1] == 3 else np.repeat(arr, 3, -1))
     return {"mode": "generate", "num_images": len(labels), "labels": labels, "batch_size": args.batch_size,
+            **({"sr": {"dir": os.path.join(args.out, "sr"), "scale": pipe.sr.scale}} if pipe.sr is not None else {}),
             "num_processes": state.num_processes, **sampling}
 
 

@@ -51,6 +51,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 3  # 0 keeps all
     resume: str = ""  # "" | latest | path to a checkpoint-<step> folder
+    init_from: str = ""  # start from these weights (a run, model or pipeline folder); ignored when resuming
+    init_skip: list = field(default_factory=list)  # key prefixes init_from may not fill (listed in the log)
     log_every: int = 50
     image_every: int = 500  # image grids (inputs vs reconstructions / samples); 0 disables
     eval_every: int = 500  # model metrics on held-out data; 0 disables

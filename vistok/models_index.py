@@ -11,3 +11,5 @@ import vistok.tokenizers.kl  # noqa: F401
 import vistok.generators.ar  # noqa: F401
 import vistok.generators.xar  # noqa: F401
 import vistok.evaluation.lenet  # noqa: F401
+import vistok.data.sr  # noqa: F401
+import vistok.generators.catanet  # noqa: F401

@@ -24,7 +24,7 @@ STAGES = ("tokenizer", "generator", "sr")  # a stage's name is also the ``kind``
 
 
 class Pipeline:
-    def __init__(self, tokenizer: VistokModel, generator: VistokModel | None = None, sr: VistokModel | None = None,
+    def __init__(self, tokenizer: VistokModel | None = None, generator: VistokModel | None = None, sr: VistokModel | None = None,
                  data: dict | None = None, info: dict | None = None):
         self.tokenizer, self.generator, self.sr = tokenizer, generator, sr
         self.data = data  # the data config the tokenizer was trained on (defines the held-out split)
@@ -47,8 +47,8 @@ class Pipeline:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{meta_path}: not valid JSON ({e})") from e
         stages = meta.get("stages")
-        if not isinstance(stages, dict) or "tokenizer" not in stages:
-            raise ValueError(f"{meta_path}: expected 'stages' with at least a 'tokenizer' entry")
+        if not isinstance(stages, dict) or not ("tokenizer" in stages or "sr" in stages):
+            raise ValueError(f"{meta_path}: expected 'stages' with a 'tokenizer' (or, alone, an 'sr') entry")
         loaded = {}
         for name, sub in stages.items():
             if name not in STAGES:
@@ -113,6 +113,21 @@ class Pipeline:
         return self.generator.sample(labels, generator=g, **sampling)
 
     @torch.no_grad()
+    def upscale(self, images: torch.Tensor) -> torch.Tensor:
+        """The sr stage on images B,C,H,W in [-1, 1] -> B,C,sH,sW in [-1, 1]. The SR model works in [0, 1]
+        (BasicSR's range); grey images go through an RGB model as three equal channels and come back grey."""
+        if self.sr is None:
+            raise ValueError("this pipeline has no sr stage (release one with --sr RUN)")
+        x = ((images + 1) / 2).clamp(0, 1)
+        c, want = x.shape[1], self.sr.shallow.in_channels if hasattr(self.sr, "shallow") else x.shape[1]
+        if c == 1 and want == 3:
+            x = x.expand(-1, 3, -1, -1)
+        out = self.sr.upscale(x.to(next(self.sr.parameters()).device)).clamp(0, 1)
+        if c == 1 and want == 3:
+            out = out.mean(1, keepdim=True)
+        return out * 2 - 1
+
+    @torch.no_grad()
     def __call__(self, class_labels=None, prompts=None, seed: int | None = None, **sampling) -> torch.Tensor:
         """Class labels (or prompts, for text-conditional generators) -> images B,C,H,W in [-1, 1].
         ``sampling``: cfg_scale, cfg_schedule, temperature, top_k, top_p, use_cache. Same seed, same images."""
@@ -145,18 +160,62 @@ def model_from_run(run_dir: str, checkpoint: str | None = None, use_ema: bool = 
     return model.eval(), cfg, info
 
 
-def release(out: str, tokenizer: str, generator: str | None = None, sr: str | None = None) -> Pipeline:
+def load_stage(path: str, kind: str):
+    """A model of ``kind`` from a pipeline folder (its stage of that kind), a training run (newest checkpoint,
+    EMA when kept) or a saved model folder."""
+    if os.path.isfile(os.path.join(path, PIPELINE_NAME)):
+        pipe = Pipeline.from_pretrained(path)
+        if kind not in pipe.stages:
+            raise ValueError(f"'{path}': this pipeline has no {kind} stage (stages: {list(pipe.stages)})")
+        return pipe.stages[kind]
+    if os.path.isfile(os.path.join(path, "config.yaml")):
+        model = model_from_run(path)[0]
+    else:
+        model = VistokModel.from_pretrained(path)
+    if getattr(model, "kind", None) != kind:
+        raise ValueError(f"'{path}': a '{model.model_type}' model ({getattr(model, 'kind', '?')}) is not a {kind} model")
+    return model
+
+
+def init_from(model, path: str, skip: list[str] = ()) -> list[str]:
+    """Initialise ``model`` from the weights of ``path`` (see ``load_stage``): every key must match in name and
+    shape except those under a ``skip`` prefix (e.g. the upsampler when fine-tuning x3/x4 from x2), which keep
+    their fresh values. Returns the skipped keys."""
+    src = load_stage(path, getattr(model, "kind", "")).state_dict()
+    own = model.state_dict()
+    skipped = sorted(k for k in set(own) | set(src) if any(k.startswith(p) for p in skip))
+    missing = sorted(k for k in set(own) - set(src) if k not in skipped)
+    extra = sorted(k for k in set(src) - set(own) if k not in skipped)
+    bad = [f"{k}: {tuple(src[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in src and k not in skipped
+           and src[k].shape != own[k].shape]
+    if missing or extra or bad:
+        raise ValueError(f"train.init_from '{path}': weights do not fit {type(model).__name__} (train.init_skip "
+                         f"{list(skip)}): missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {bad[:5]}")
+    model.load_state_dict({k: v for k, v in src.items() if k not in skipped}, strict=False)
+    return skipped
+
+
+def release(out: str, tokenizer: str | None = None, generator: str | None = None, sr: str | None = None) -> Pipeline:
+    if not tokenizer and not sr:
+        raise ValueError("release: give a tokenizer (and optionally a generator and an sr stage), or an sr stage alone")
+    if generator and not tokenizer:
+        raise ValueError("release: a generator needs its tokenizer (--tokenizer)")
     runs = {"tokenizer": tokenizer, "generator": generator, "sr": sr}
     models, cards, sources, data = {}, [], {}, None
     for name, run in runs.items():
         if not run:
             continue
-        if name == "tokenizer" and os.path.isfile(os.path.join(run, PIPELINE_NAME)):
-            # an existing release (e.g. a tokenizer whose latent scale was measured after training): reuse it as is
+        if os.path.isfile(os.path.join(run, PIPELINE_NAME)):
+            # an existing release (e.g. a tokenizer whose latent scale was measured after training, or the
+            # generator of a released pipeline that gets an sr stage): reuse that stage as is
             prev = Pipeline.from_pretrained(run)
-            models[name], data = prev.tokenizer, prev.data
-            sources[name] = {"release": os.path.abspath(run), **(prev.info.get("sources", {}).get("tokenizer") or {})}
-            cards.append(f"## tokenizer: `{prev.tokenizer.model_type}` from the release `{run}`\n")
+            if name not in prev.stages:
+                raise ValueError(f"--{name} {run}: that release has no {name} stage (stages: {list(prev.stages)})")
+            models[name] = prev.stages[name]
+            if name == "tokenizer":
+                data = prev.data
+            sources[name] = {"release": os.path.abspath(run), **(prev.info.get("sources", {}).get(name) or {})}
+            cards.append(f"## {name}: `{models[name].model_type}` from the release `{run}`\n")
             continue
         model, cfg, info = model_from_run(run)
         if getattr(model, "kind", None) != name:

@@ -93,6 +93,13 @@ def train(cfg: DictConfig) -> dict:
 
     # ---- factories ------------------------------------------------------------------------------
     model = build("model", cfg.model)
+    init_skipped = None
+    if t.init_from and not ckpt.resolve_resume(t.resume, ckpt_dir):
+        from vistok.pipeline import init_from
+
+        init_skipped = init_from(model, t.init_from, list(t.init_skip))
+        logger.info(f"initialised from {t.init_from}; {len(init_skipped)} keys left to their fresh values "
+                    f"(train.init_skip {list(t.init_skip)}): {init_skipped}", main_process_only=True)
     disc = model.build_discriminator() if hasattr(model, "build_discriminator") else None
     train_set = build_dataset(cfg.data, "train")
     eval_set = build_dataset(cfg.data, "test")
