@@ -6,6 +6,7 @@
                       [--scales 1 2 4 6 8 10 12 14]
     python convert.py mar-kl16 --vae kl16.ckpt --out checkpoints/kl16-imagenet
     python convert.py xar --vae kl16.ckpt --ckpt xAR-B.pth --out checkpoints/xar-b
+    python convert.py catanet --ckpt CATANet-x2.pth --out checkpoints/catanet-x2     # an SR stage alone
 
 A tokenizer alone becomes a one-stage pipeline (``sample.py --pipeline`` reconstructs with it); with --gpt
 the pipeline also holds the generator. What each converter maps, and what it cannot, is in
@@ -18,10 +19,10 @@ import sys
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", choices=["llamagen", "tokenflow", "mar-kl16", "xar"])
+    p.add_argument("source", choices=["llamagen", "tokenflow", "mar-kl16", "xar", "catanet"])
     p.add_argument("--vq", help="LlamaGen VQ checkpoint (.pt / .safetensors)")
     p.add_argument("--gpt", help="LlamaGen class-conditional GPT checkpoint")
-    p.add_argument("--ckpt", help="TokenFlow tokenizer / xAR generator checkpoint")
+    p.add_argument("--ckpt", help="TokenFlow tokenizer / xAR generator / CATANet checkpoint")
     p.add_argument("--vae", help="MAR's KL-16 VAE checkpoint (kl16.ckpt)")
     p.add_argument("--vae-scale", type=float, default=0.2325, help="KL-16 latent scale (MAR: 0.2325)")
     p.add_argument("--heads", type=int, help="xAR: attention heads (default from the width: B 12, L/H 16)")
@@ -42,6 +43,12 @@ def main(argv=None) -> int:
         generator = convert_gpt(args.gpt, head_dim=args.head_dim) if args.gpt else None
         pipe = Pipeline(tokenizer, generator)
         sources = {"tokenizer": args.vq, **({"generator": args.gpt} if args.gpt else {})}
+    elif args.source == "catanet":
+        from vistok.convert.catanet import convert_catanet
+
+        if not args.ckpt:
+            p.error("catanet needs --ckpt")
+        pipe, sources = Pipeline(sr=convert_catanet(args.ckpt)), {"sr": args.ckpt}
     elif args.source in ("mar-kl16", "xar"):
         from vistok.convert.mar import convert_kl16
 

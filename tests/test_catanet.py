@@ -162,3 +162,80 @@ def test_cascade_pipeline_samples_and_upscales(tmp_path):
 
     small, big = Image.open(tmp_path / "s" / "00001.png"), Image.open(tmp_path / "s" / "sr" / "00001.png")
     assert big.size == (2 * small.size[0], 2 * small.size[1]) and (tmp_path / "s" / "sr" / "grid.png").is_file()
+
+
+def official_catanet(scale=2, dim=8, qk=8, mlp=16, centers=(4,) * 8):
+    """The official key names and shapes (BasicSR's catanet_arch) at a tiny width."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
+    d = {"first_conv.weight": r(dim, 3, 3, 3), "first_conv.bias": r(dim), "last_conv.weight": r(3, dim, 3, 3),
+         "last_conv.bias": r(3)}
+    ups = {"upconv1": 4 * dim, "upconv2": 4 * dim} if scale == 4 else {"upconv": scale * scale * dim}
+    for name, out in ups.items():
+        d[f"{name}.weight"], d[f"{name}.bias"] = r(out, dim, 3, 3), r(out)
+
+    def ffn(p):
+        d.update({f"{p}.fc1.weight": r(mlp, dim), f"{p}.fc1.bias": r(mlp), f"{p}.fc2.weight": r(dim, mlp),
+                  f"{p}.fc2.bias": r(dim), f"{p}.dwconv.depthwise_conv.0.weight": r(mlp, 1, 5, 5),
+                  f"{p}.dwconv.depthwise_conv.0.bias": r(mlp)})
+
+    for i, k in enumerate(centers):
+        b = f"blocks.{i}"
+        for n in (f"{b}.0.norm", f"{b}.0.mlp.norm", f"{b}.1.layer.0.norm", f"{b}.1.layer.1.norm"):
+            d[f"{n}.weight"], d[f"{n}.bias"] = 1 + r(dim), r(dim)
+        ffn(f"{b}.0.mlp.fn"), ffn(f"{b}.1.layer.1.fn")
+        for p in (f"{b}.0.iasa_attn", f"{b}.1.layer.0.fn"):
+            d.update({f"{p}.to_q.weight": r(qk, dim), f"{p}.to_k.weight": r(qk, dim), f"{p}.to_v.weight": r(dim, dim),
+                      f"{p}.proj.weight": r(dim, dim)})
+        d.update({f"{b}.0.irca_attn.to_k.weight": r(qk, dim), f"{b}.0.irca_attn.to_v.weight": r(dim, dim),
+                  f"{b}.0.conv1x1.weight": r(dim, dim, 1, 1), f"{b}.0.means": r(k, dim), f"{b}.0.initted": torch.tensor(True),
+                  f"mid_convs.{i}.weight": r(dim, dim, 3, 3), f"mid_convs.{i}.bias": r(dim)})
+    return d
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_official_checkpoint_converts_key_by_key(tmp_path, scale):
+    from vistok.convert.catanet import convert_catanet
+
+    state = official_catanet(scale)
+    path = tmp_path / "CATANet.pth"
+    torch.save({"params": state}, path)
+    m = convert_catanet(str(path))
+    ours = m.state_dict()
+    pairs = {"first_conv.weight": "shallow.weight", "last_conv.bias": "last.bias", "mid_convs.3.weight": "blocks.3.conv.weight",
+             "blocks.2.0.irca_attn.to_k.weight": "blocks.2.tab.center_k.weight",
+             "blocks.2.0.iasa_attn.to_k.weight": "blocks.2.tab.k.weight",
+             "blocks.2.1.layer.0.fn.to_k.weight": "blocks.2.lrsa.attn.k.weight",
+             "blocks.5.0.mlp.norm.bias": "blocks.5.tab.ffn_norm.bias", "blocks.5.0.norm.weight": "blocks.5.tab.norm.weight",
+             "blocks.5.1.layer.1.fn.dwconv.depthwise_conv.0.weight": "blocks.5.lrsa.ffn.dw.weight",
+             "blocks.7.0.means": "blocks.7.tab.centers", "blocks.6.0.conv1x1.weight": "blocks.6.tab.conv.weight"}
+    pairs.update({"upconv1.weight": "up.0.weight", "upconv2.weight": "up.1.weight"} if scale == 4 else {"upconv.weight": "up.0.weight"})
+    for theirs, mine in pairs.items():
+        assert torch.equal(ours[mine], state[theirs]), (theirs, mine)
+    assert m.scale == scale and bool(m.blocks[0].tab.centers_ready)
+    with torch.no_grad():
+        assert m.upscale(torch.rand(1, 3, 20, 20)).shape == (1, 3, 20 * scale, 20 * scale)
+    del state["blocks.1.0.means"]
+    torch.save({"params": state}, path)
+    with pytest.raises(KeyError, match="blocks.1.0.means"):
+        convert_catanet(str(path))
+
+
+def test_window_baseline_attends_inside_windows_and_masks_the_shift_wrap():
+    from vistok.config import build, load_config
+    from vistok.generators.window_sr import SwinLayer
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 8, 8)
+    plain, shifted = SwinLayer(8, 2, 4, 16, shift=0).eval(), SwinLayer(8, 2, 4, 16, shift=2).eval()
+    bumped = x.clone()
+    bumped[0, :, 0, 0] += torch.randn(8)  # not a constant: LayerNorm would remove it
+    with torch.no_grad():
+        d_plain = (plain(bumped) - plain(x)).abs().sum(1)[0]
+        d_shift = (shifted(bumped) - shifted(x)).abs().sum(1)[0]
+    assert d_plain[:4, :4].min() > 0 and d_plain[4:].max() == 0 and d_plain[:, 4:].max() == 0  # its 4x4 window only
+    # shifted by 2: (0, 0) shares a rolled window with (7, 7) across the wrap, which the mask must cut, and with (1, 1)
+    assert d_shift[7, 7] == 0 and d_shift[1, 1] > 0
+    counts = [sum(p.numel() for p in build("model", load_config(f"configs/catanet/{c}.yaml").model).parameters())
+              for c in ("toy_x2", "window_toy_x2")]
+    assert abs(counts[0] - counts[1]) / counts[0] < 0.01, counts

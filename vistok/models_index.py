@@ -13,3 +13,4 @@ import vistok.generators.xar  # noqa: F401
 import vistok.evaluation.lenet  # noqa: F401
 import vistok.data.sr  # noqa: F401
 import vistok.generators.catanet  # noqa: F401
+import vistok.generators.window_sr  # noqa: F401

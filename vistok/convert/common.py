@@ -5,7 +5,8 @@ import torch
 
 from vistok.weights import read_weights
 
-WRAPPERS = ("ema", "model", "state_dict", "module", "params")  # where training scripts nest the weights
+WRAPPERS = ("ema", "model_ema", "params_ema", "model", "state_dict", "module", "params")  # where training scripts nest the weights
+EMA_WRAPPERS = ("ema", "model_ema", "params_ema")
 PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 
@@ -15,7 +16,7 @@ def read_checkpoint(path: str, prefer_ema: bool = True) -> dict[str, torch.Tenso
     A training checkpoint that nests the weights under "ema"/"model"/"state_dict" is unwrapped ("ema" first
     when ``prefer_ema``); DDP's "module." and torch.compile's "_orig_mod." prefixes are stripped."""
     state = read_weights(path, "checkpoint")
-    order = WRAPPERS if prefer_ema else tuple(w for w in WRAPPERS if w != "ema") + ("ema",)
+    order = WRAPPERS if prefer_ema else tuple(w for w in WRAPPERS if w not in EMA_WRAPPERS) + EMA_WRAPPERS
     while isinstance(state, dict) and not any(torch.is_tensor(v) for v in state.values()):
         inner = next((state[k] for k in order if isinstance(state.get(k), dict)), None)
         if inner is None:
