@@ -90,3 +90,18 @@ def test_without_mamba_ssm_the_fallback_is_used_and_logged(caplog, monkeypatch):
     with caplog.at_level(logging.INFO, logger="vistok.mamba"):
         assert mamba_mod.cuda_selective_scan() is None
     assert "pure-PyTorch selective scan" in caplog.text
+
+
+def test_the_stepwise_path_for_large_states_matches_the_loop_too(monkeypatch):
+    import vistok.nn.selective_scan as ss
+
+    monkeypatch.setattr(ss, "STEP_ELEMENTS", 1)  # force the per-step path at a tiny size
+    for groups in (0, 2):
+        a = {k: v.clone().requires_grad_() for k, v in inputs(groups=groups, d=4).items()}
+        b = {k: v.detach().clone().requires_grad_() for k, v in a.items()}
+        y, ref = ss.selective_scan(**a, delta_softplus=True, chunk=7), selective_scan_loop(**b, delta_softplus=True)
+        torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-9)
+        w = torch.randn_like(y)
+        (y * w).sum().backward(), (ref * w).sum().backward()
+        for k in a:
+            torch.testing.assert_close(a[k].grad, b[k].grad, atol=1e-6, rtol=1e-6, msg=k)
