@@ -14,3 +14,5 @@ import vistok.evaluation.lenet  # noqa: F401
 import vistok.data.sr  # noqa: F401
 import vistok.generators.catanet  # noqa: F401
 import vistok.generators.window_sr  # noqa: F401
+import vistok.data.em  # noqa: F401
+import vistok.generators.tokenunify  # noqa: F401

@@ -104,7 +104,10 @@ class Mamba(nn.Module):
         return scan(x.contiguous(), dt.contiguous(), A, B, C, D, z=z.contiguous(), delta_bias=dt_proj.bias.float(),
                     delta_softplus=True)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, nslices: int | None = None) -> torch.Tensor:
+        """hidden B,L,d_model; ``nslices`` overrides the slice scan's part count for this call (e.g. the number
+        of z planes of patches in this input)."""
+        nslices = nslices or self.nslices
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, 1)  # B,d_inner,L each
         out = 0
         for d in self.directions:
@@ -113,6 +116,6 @@ class Mamba(nn.Module):
             elif d == "reverse":
                 out = out + self._scan(d, x.flip(-1), z.flip(-1)).flip(-1)
             else:
-                y = self._scan(d, interleave(x, self.nslices), interleave(z, self.nslices))
-                out = out + deinterleave(y, self.nslices)
+                y = self._scan(d, interleave(x, nslices), interleave(z, nslices))
+                out = out + deinterleave(y, nslices)
         return self.out_proj(out.transpose(1, 2).to(hidden.dtype))
