@@ -36,7 +36,7 @@ def train_and_eval(config: str, steps: int, out: str) -> dict:
                                "train.log_with=none", "train.image_every=0", "train.eval_every=0",
                                f"train.checkpoint_every={steps}"]))
     res = evaluate_sr(out)
-    return {"psnr_y": res["psnr_y"], "ssim_y": res["ssim_y"], "bicubic_psnr_y": res["bicubic_psnr_y"],
+    return {"psnr_y": res["psnr_y"], "ssim_y": res["ssim_y"], "bicubic_psnr_y": res["bicubic_psnr_y"], "bicubic_ssim_y": res["bicubic_ssim_y"],
             "eval_seconds": res["seconds"], "train_seconds": round(time.perf_counter() - t0 - res["seconds"], 1),
             "per_image": {r["name"]: round(r["psnr_y"], 3) for r in res["per_image"]}}
 

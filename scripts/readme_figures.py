@@ -101,6 +101,50 @@ def main():
             ("KV cache vs recomputing the prefix (next-cell)", f"{xs['cache_speedup']}x"),
             ("images/s: cell / token / cell recomputed", f"{xs['images_per_s_cell']} / {xs['images_per_s_token']} / {xs['images_per_s_cell_recompute']}"),
             ("cached = recomputed samples", xs["cached_equals_recomputed"]), ("model", xs["model"])])
+    xa = load("xar_ablation.json")
+    if xa:
+        blocks["xar_ablation"] = "\n".join([
+            "| figure | noisy context | teacher forcing |", "|---|---|---|",
+            f"| LeNet reads the requested digit (500 samples) | {xa['acc_noisy']:.1%} | {xa['acc_teacher']:.1%} |",
+            f"| FD-LeNet vs held-out (lower is better) | {xa['fd_noisy']:.1f} | {xa['fd_teacher']:.1f} |",
+            f"| seeds / steps | {xa['seeds']} / {xa['steps']} | {xa['seeds']} / {xa['steps']} |"])
+    xe = load("xar_entities.json")
+    if xe:
+        kinds = [k for k in ("token", "cell", "subsample", "scale", "image") if k in xe]
+        blocks["xar_entities"] = "\n".join(
+            ["| entity | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|",
+             "| LeNet accuracy | " + " | ".join(f"{xe[k]['acc']:.1%}" for k in kinds) + " |",
+             "| FD-LeNet | " + " | ".join(f"{xe[k]['fd_lenet']:.1f}" for k in kinds) + " |",
+             "| sampling images/s | " + " | ".join(f"{xe[k]['images_per_s']}" for k in kinds) + " |",
+             "| training s | " + " | ".join(f"{xe[k]['train_seconds']:.0f}" for k in kinds) + " |"])
+    cw = load("catanet_vs_window.json")
+    if cw:
+        toy = cw["x2_toy"]
+        blocks["catanet"] = "\n".join([
+            "| x2, held-out photos (chelsea, rocket, camera), whole images | CATANet | window attention | bicubic |", "|---|---|---|---|",
+            f"| Y-PSNR (dB) | **{cw['psnr_catanet']:.2f}** | {cw['psnr_window']:.2f} | {cw['psnr_bicubic']:.2f} |",
+            f"| Y-SSIM | {cw['ssim_catanet']:.4f} | {cw['ssim_window']:.4f} | {toy['catanet'].get('bicubic_ssim_y', float('nan')):.4f} |",
+            f"| training s ({cw['steps']} steps) / held-out inference s | {toy['catanet']['train_seconds']:.0f} / {toy['catanet']['eval_seconds']:.1f} | "
+            f"{toy['window']['train_seconds']:.0f} / {toy['window']['eval_seconds']:.1f} | |",
+            f"| x4 paper size on a {cw['x4_input']}x{cw['x4_input']} input: seconds ({cw['x4_params']['catanet']:,} / {cw['x4_params']['window']:,} params) | "
+            f"{cw['x4_seconds_catanet']} | {cw['x4_seconds_window']} | |",
+            f"| time ratio window / CATANet | {cw['time_ratio_window_over_catanet']} | | |"])
+    sc = load("selective_scan.json")
+    if sc:
+        blocks["selective_scan"] = table([
+            (f"vs a per-step loop through autograd ({sc['seq_case']}), forward + backward", f"{sc['speedup_vs_sequential']}x "
+             f"({sc['seconds_ours_seq_case']} s vs {sc['seconds_loop']} s)"),
+            (f"vs mamba-ssm {sc.get('mamba_ssm_source', '')} `selective_scan_ref` ({sc.get('ref_case', '')})",
+             f"{sc['speedup_vs_mamba_ref']}x ({sc.get('seconds_ours_ref_case')} s vs {sc.get('seconds_mamba_ref')} s)"),
+            ("max |difference| vs loop / vs reference (float32)", f"{sc['max_abs_diff_vs_loop']:.1e} / {sc.get('max_abs_diff_vs_mamba_ref', 0):.1e}")])
+    tu = load("tokenunify_ablation.json")
+    if tu:
+        blocks["tokenunify"] = "\n".join([
+            "| held-out procedural EM volumes | scratch | random-token pretraining | TokenUnify mixture |", "|---|---|---|---|",
+            f"| VOI (bits, lower is better) | {tu['voi_scratch']:.3f} | {tu['voi_random_token']:.3f} | {tu['voi_tokenunify']:.3f} |",
+            f"| ARAND (lower is better) | {tu['arand_scratch']:.3f} | {tu['arand_random_token']:.3f} | {tu['arand_tokenunify']:.3f} |",
+            f"| budget | {tu['finetune_steps']} fine-tuning steps | {tu['pretrain_steps']} + {tu['finetune_steps']} | "
+            f"{tu['pretrain_steps']} + {tu['finetune_steps']} |"])
     shapes = load("demo_shapes_metrics.json")
     if shapes:
         g = shapes["geneval"]
