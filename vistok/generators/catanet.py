@@ -235,9 +235,20 @@ def upsample(x: torch.Tensor, convs: nn.ModuleList) -> torch.Tensor:
 
 
 class SRModel(VistokModel):
-    """What the SR stages share: the L1 objective on {"lr", "hr"} pairs in [0, 1], held-out PSNR-Y, pictures."""
+    """What the SR stages share: the skeleton (``shallow`` conv -> ``blocks`` -> + shallow -> ``up`` pixel
+    shuffle -> ``last`` conv -> + bilinear LR), the L1 objective on {"lr", "hr"} pairs in [0, 1], held-out
+    PSNR-Y, pictures. Subclasses build those four parts; the blocks are what differs."""
 
     kind = "sr"
+
+    def upscale(self, lr: torch.Tensor) -> torch.Tensor:
+        """LR B,C,h,w in [0, 1] -> SR B,C,scale*h,scale*w (not clamped)."""
+        base = F.interpolate(lr, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        f = self.shallow(lr)
+        x = f
+        for blk in self.blocks:
+            x = blk(x)
+        return self.last(upsample(x + f, self.up)) + base
 
     def forward(self, batch: dict, step: int = 0, **_) -> dict:
         loss = F.l1_loss(self.upscale(batch["lr"]).float(), batch["hr"].float())
@@ -295,15 +306,6 @@ class CATANet(SRModel):
         self.up = upsampler_convs(dim, scale)
         self.last = nn.Conv2d(dim, in_channels, 3, padding=1)
         self.apply(_init)
-
-    def upscale(self, lr: torch.Tensor) -> torch.Tensor:
-        """LR B,C,h,w in [0, 1] -> SR B,C,scale*h,scale*w (not clamped)."""
-        base = F.interpolate(lr, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        f = self.shallow(lr)
-        x = f
-        for blk in self.blocks:
-            x = blk(x)
-        return self.last(upsample(x + f, self.up)) + base
 
 
 def _init(m):

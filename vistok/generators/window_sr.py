@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vistok.generators.catanet import SRModel, _init, upsample, upsampler_convs
+from vistok.generators.catanet import SRModel, _init, upsampler_convs
 from vistok.registry import register_model
 
 
@@ -105,11 +105,3 @@ class WindowSR(SRModel):
         self.up = upsampler_convs(dim, scale)
         self.last = nn.Conv2d(dim, in_channels, 3, padding=1)
         self.apply(_init)
-
-    def upscale(self, lr: torch.Tensor) -> torch.Tensor:
-        base = F.interpolate(lr, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        f = self.shallow(lr)
-        x = f
-        for blk in self.blocks:
-            x = blk(x)
-        return self.last(upsample(x + f, self.up)) + base
