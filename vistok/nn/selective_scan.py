@@ -33,7 +33,7 @@ def _expand_groups(m: torch.Tensor, d: int) -> torch.Tensor:
     raise ValueError(f"selective_scan: B/C must be (batch, N, L) or (batch, G, N, L), got {tuple(m.shape)}")
 
 
-STEP_ELEMENTS = 16384  # per-step tensor size (batch x channels x states) from which stepping in cache beats the doubling scan
+STEP_ELEMENTS = 4096  # per-step tensor size (batch x channels x states) from which stepping in cache beats the doubling scan
 
 
 def linear_scan(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
