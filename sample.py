@@ -10,6 +10,9 @@
         [--images-per-prompt 4] --cfg-scale 3
     # tokenizer-only pipelines: reconstructions of the first N held-out images
     python sample.py --pipeline checkpoints/NAME --out DIR --num-images 64
+    # SR-only pipelines (e.g. convert.py catanet): upscale every image of a folder [tiled for big images]
+    python sample.py --pipeline checkpoints/catanet-x2 --images DIR_IN --out DIR [--tile 256 --tile-overlap 16]
+    # a pipeline with an sr stage also writes DIR/sr/<index>.png: the samples upscaled (the cascade)
 
 Writes DIR/<index>.png, DIR/grid.png and DIR/sampling.json (every setting and, for class-conditional
 samples, the label of each image, so a number can be reproduced). Same seed, same images: image i
@@ -68,6 +71,9 @@ def _main(argv=None) -> int:
     p.add_argument("--no-cache", action="store_true", help="recompute every token (reference; slow)")
     p.add_argument("--compile", action="store_true", help="torch.compile the generator's blocks and the decoder "
                                                           "(pays off on GPUs for large runs)")
+    p.add_argument("--images", help="SR-only pipelines: a folder of images to upscale")
+    p.add_argument("--tile", type=int, default=0, help="SR-only: LR tile size (0: whole images)")
+    p.add_argument("--tile-overlap", type=int, default=16, help="SR-only: LR pixels neighbouring tiles share per side")
     p.add_argument("--npz", action="store_true", help="also write samples.npz (uint8 arr_0, ADM FID suite layout)")
     args = p.parse_args(argv)
     pipe = Pipeline.from_pretrained(args.pipeline)
@@ -75,7 +81,9 @@ def _main(argv=None) -> int:
         pipe.compile()
     t0 = time.time()
     try:
-        if pipe.generator is None:
+        if pipe.tokenizer is None:
+            settings = upscale_folder(pipe, args)
+        elif pipe.generator is None:
             settings = reconstruct(pipe, args)
         elif args.prompts:
             settings = generate_prompts(pipe, args)
@@ -88,7 +96,8 @@ def _main(argv=None) -> int:
     if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         return 0
     write_json(os.path.join(args.out, "sampling.json"), settings)
-    print(json.dumps({"out": args.out, "num_images": settings["num_images"], "grid": os.path.join(args.out, "grid.png"),
+    grid = os.path.join(args.out, "grid.png")
+    print(json.dumps({"out": args.out, "num_images": settings["num_images"], "grid": grid if os.path.isfile(grid) else None,
                       "seconds": settings["seconds"]}))
     return 0
 
@@ -158,6 +167,29 @@ def generate_prompts(pipe, args) -> dict:
         save_grid(grid[:, None] if grid.dim() == 3 else grid.permute(0, 3, 1, 2), os.path.join(args.out, "grid.png"), nrow=8)
     return {"mode": "prompts", "prompts": os.path.abspath(args.prompts), "num_prompts": len(prompts),
             "images_per_prompt": args.images_per_prompt, "num_images": len(prompts) * args.images_per_prompt, **sampling}
+
+
+def upscale_folder(pipe, args) -> dict:
+    """SR-only pipelines: every image of --images upscaled, written under the same name (PNG)."""
+    from vistok.data.images import IMAGE_EXTENSIONS
+    from vistok.data.sr import read_image
+    from vistok.evaluation.sr import tiled_upscale
+
+    if not args.images or not os.path.isdir(args.images):
+        raise ValueError(f"this pipeline is an SR stage alone: give --images DIR (a folder of images), got {args.images!r}")
+    names = sorted(f for f in os.listdir(args.images) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not names:
+        raise ValueError(f"--images {args.images}: no images (expected files ending in {IMAGE_EXTENSIONS})")
+    os.makedirs(args.out, exist_ok=True)
+    model = pipe.sr.eval()
+    with torch.no_grad():
+        for name in names:
+            lr = read_image(os.path.join(args.images, name))[None]
+            sr = tiled_upscale(model, lr, args.tile, args.tile_overlap) if args.tile else model.upscale(lr)
+            arr = (sr[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(arr).save(os.path.join(args.out, os.path.splitext(name)[0] + ".png"))
+    return {"mode": "upscale", "num_images": len(names), "images": os.path.abspath(args.images), "scale": model.scale,
+            "inference": f"tiled {args.tile} px, overlap {args.tile_overlap}" if args.tile else "whole image"}
 
 
 def reconstruct(pipe, args) -> dict:

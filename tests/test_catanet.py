@@ -239,3 +239,19 @@ def test_window_baseline_attends_inside_windows_and_masks_the_shift_wrap():
     counts = [sum(p.numel() for p in build("model", load_config(f"configs/catanet/{c}.yaml").model).parameters())
               for c in ("toy_x2", "window_toy_x2")]
     assert abs(counts[0] - counts[1]) / counts[0] < 0.01, counts
+
+
+def test_an_sr_only_release_upscales_a_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vistok.pipeline import Pipeline
+
+    Pipeline(sr=CATANet(scale=3, **TINY)).save_pretrained(str(tmp_path / "sr"))
+    (tmp_path / "in").mkdir()
+    Image.fromarray((np.random.default_rng(0).random((20, 26, 3)) * 255).astype(np.uint8)).save(tmp_path / "in" / "a.jpg")
+    run_cli(["sample.py", "--pipeline", str(tmp_path / "sr"), "--images", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+             "--tile", "12", "--tile-overlap", "2"])
+    assert Image.open(tmp_path / "o" / "a.png").size == (78, 60)
+    bad = run_cli(["sample.py", "--pipeline", str(tmp_path / "sr"), "--out", str(tmp_path / "o2")], check=False)
+    assert bad.returncode == 2 and "--images" in bad.stderr
