@@ -129,6 +129,14 @@ def main():
             f"| x4 paper size on a {cw['x4_input']}x{cw['x4_input']} input: seconds ({cw['x4_params']['catanet']:,} / {cw['x4_params']['window']:,} params) | "
             f"{cw['x4_seconds_catanet']} | {cw['x4_seconds_window']} | |",
             f"| time ratio window / CATANet | {cw['time_ratio_window_over_catanet']} | | |"])
+    ct = load("catanet_toy.json")
+    if ct:
+        blocks["catanet_toy"] = "\n".join(
+            ["| held-out photo (whole image, x2) | Y-PSNR (dB) | bicubic | gain | Y-SSIM | bicubic |", "|---|---|---|---|---|---|"]
+            + [f"| {r['name']} | {r['psnr_y']:.2f} | {r['bicubic_psnr_y']:.2f} | {r['psnr_y'] - r['bicubic_psnr_y']:+.2f} | "
+               f"{r['ssim_y']:.4f} | {r['bicubic_ssim_y']:.4f} |" for r in ct["per_image"]]
+            + [f"| **mean** | **{ct['psnr_y']:.2f}** | {ct['bicubic_psnr_y']:.2f} | **{ct['psnr_y'] - ct['bicubic_psnr_y']:+.2f}** | "
+               f"{ct['ssim_y']:.4f} | {ct['bicubic_ssim_y']:.4f} |"])
     sc = load("selective_scan.json")
     if sc:
         blocks["selective_scan"] = table([
