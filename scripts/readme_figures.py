@@ -122,7 +122,7 @@ def main():
         toy = cw["x2_toy"]
         blocks["catanet"] = "\n".join([
             "| x2, held-out photos (chelsea, rocket, camera), whole images | CATANet | window attention | bicubic |", "|---|---|---|---|",
-            f"| Y-PSNR (dB) | **{cw['psnr_catanet']:.2f}** | {cw['psnr_window']:.2f} | {cw['psnr_bicubic']:.2f} |",
+            f"| Y-PSNR (dB) | {cw['psnr_catanet']:.3f} | {cw['psnr_window']:.3f} | {cw['psnr_bicubic']:.3f} |",
             f"| Y-SSIM | {cw['ssim_catanet']:.4f} | {cw['ssim_window']:.4f} | {toy['catanet'].get('bicubic_ssim_y', float('nan')):.4f} |",
             f"| training s ({cw['steps']} steps) / held-out inference s | {toy['catanet']['train_seconds']:.0f} / {toy['catanet']['eval_seconds']:.1f} | "
             f"{toy['window']['train_seconds']:.0f} / {toy['window']['eval_seconds']:.1f} | |",
