@@ -1,15 +1,26 @@
-"""Shared by the xAR MNIST benchmarks: train configs/xar/mnist.yaml with overrides, then sample 50 digits per
-class and score them with the committed LeNet (class accuracy, FD-LeNet vs the 500 held-out digits)."""
+"""Shared by the xAR MNIST benchmarks (xar_ablation.py, xar_entities.py): train configs/xar/mnist.yaml with
+overrides, then sample 50 digits per class and score them with the committed LeNet (class accuracy, FD-LeNet
+vs the 500 held-out digits). Run alone, it scores one configuration:
+
+    python benchmarks/xar_mnist.py [--steps 300] [model.entity=subsample model.stride=2 ...]
+
+Last line: {"acc", "fd_lenet", "images_per_s", "train_seconds"}.
+"""
+import argparse
+import json
 import os
+import sys
+import tempfile
 import time
 
 import torch
 
-from vistok.config import load_config
-from vistok.data.mnist import MNIST
-from vistok.evaluation.lenet import class_accuracy, fd_lenet, load_lenet
-from vistok.pipeline import Pipeline, model_from_run
-from vistok.training.trainer import train
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vistok.config import load_config  # noqa: E402
+from vistok.data.mnist import MNIST  # noqa: E402
+from vistok.evaluation.lenet import class_accuracy, fd_lenet, load_lenet  # noqa: E402
+from vistok.pipeline import Pipeline, model_from_run  # noqa: E402
+from vistok.training.trainer import train  # noqa: E402
 
 
 def train_and_score(name: str, overrides: list[str], tokenizer: str, steps: int, seed: int, tmp: str,
@@ -35,3 +46,18 @@ def train_and_score(name: str, overrides: list[str], tokenizer: str, steps: int,
     lenet = load_lenet("checkpoints/fd_lenet")
     return {"acc": class_accuracy(lenet, images, labels), "fd_lenet": fd_lenet(lenet, images, MNIST("test").images),
             "images_per_s": round(len(labels) / sample_seconds, 2), "train_seconds": round(train_seconds, 1)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", default="checkpoints/demo-xar-kl")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.entity=token")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(train_and_score("run", args.overrides, args.tokenizer, args.steps, args.seed, tmp)))
+
+
+if __name__ == "__main__":
+    main()

@@ -191,7 +191,8 @@ def init_from(model, path: str, skip: list[str] = ()) -> list[str]:
     if missing or extra or bad:
         raise ValueError(f"train.init_from '{path}': weights do not fit {type(model).__name__} (train.init_skip "
                          f"{list(skip)}): missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {bad[:5]}")
-    model.load_state_dict({k: v for k, v in src.items() if k not in skipped}, strict=False)
+    # every key is accounted for above; the skipped ones keep the model's own fresh values
+    model.load_state_dict({k: (own[k] if k in skipped else src[k]) for k in own}, strict=True)
     return skipped
 
 
