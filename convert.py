@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 
+from vistok.cli import add_debug, run
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,9 +31,14 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=256, help="LlamaGen VQ / KL-16: the training resolution")
     p.add_argument("--head-dim", type=int, default=64, help="LlamaGen GPT: dim per head (64 for B/L/XL/XXL/3B)")
     p.add_argument("--scales", type=int, nargs="+", help="TokenFlow: the scales (default from the file name's teacher)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="a new or empty folder (or, with --overwrite, an earlier vistok release)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing vistok release at --out (atomically)")
+    add_debug(p)
     args = p.parse_args(argv)
+    from vistok.io import guard_output_dir
     from vistok.pipeline import Pipeline
+
+    guard_output_dir(args.out, "--out", args.overwrite)  # before reading anything
 
     info = {}
     if args.source == "llamagen":
@@ -70,10 +77,10 @@ def main(argv=None) -> int:
         pipe = Pipeline(tokenizer)
         sources = {"tokenizer": args.ckpt}
     pipe.save_pretrained(args.out, card=f"Converted by `convert.py {args.source}` from {json.dumps(sources)}.",
-                         sources={k: {"converted_from": v} for k, v in sources.items()})
+                         sources={k: {"converted_from": v} for k, v in sources.items()}, overwrite=args.overwrite)
     print(json.dumps({"converted": args.out, "stages": list(pipe.stages), **info}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

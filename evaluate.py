@@ -16,6 +16,7 @@ import json
 import os
 import sys
 
+from vistok.cli import add_debug, ranged, run as run_cli
 from vistok.config import EvalConfig
 
 DEFAULTS = EvalConfig()
@@ -26,8 +27,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("recon", help="tokenizer metrics on the held-out split: PSNR, SSIM, codebook usage, perplexity, FD-LeNet")
     r.add_argument("--pipeline", required=True)
-    r.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    r.add_argument("--max-images", type=int, default=DEFAULTS.max_images, help="0: the whole held-out split")
+    r.add_argument("--batch-size", type=ranged(int, 1), default=DEFAULTS.batch_size)
+    r.add_argument("--max-images", type=ranged(int, 0), default=DEFAULTS.max_images, help="0: the whole held-out split")
     r.add_argument("--lenet", default=DEFAULTS.lenet, help="FD-LeNet classifier folder")
     f = sub.add_parser("fid", help="FID/IS (and KID) with torch-fidelity's inception-v3-compat, local weights")
     f.add_argument("--samples", required=True, help="folder of PNG/JPEG samples")
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     f.add_argument("--inception-weights", default=os.environ.get("VISTOK_INCEPTION_WEIGHTS", DEFAULTS.inception_weights),
                    help="local path of the inception-v3-compat weights (.pth or .safetensors)")
     f.add_argument("--kid", action="store_true", help="also KID (needs reference features)")
-    f.add_argument("--batch-size", type=int, default=50)
+    f.add_argument("--batch-size", type=ranged(int, 1), default=50)
     f.add_argument("--save-stats", help="write the samples' statistics to this .npz (features too with --kid)")
     c = sub.add_parser("classify", help="FD-LeNet vs held-out digits, the real-vs-real floor, class accuracy")
     c.add_argument("--samples", required=True)
@@ -50,11 +51,18 @@ def main(argv=None) -> int:
     s.add_argument("--data", default="skimage", help="'skimage' (its held-out photos), an image folder, or a benchmark "
                                                       "folder in BasicSR's layout (Set5/HR, Set5/LR_bicubic/X2)")
     s.add_argument("--split", default="test")
-    s.add_argument("--tile", type=int, default=0, help="LR tile size for big images (0: whole-image inference)")
-    s.add_argument("--tile-overlap", type=int, default=16, help="LR pixels shared by neighbouring tiles on each side")
+    s.add_argument("--tile", type=ranged(int, 0), default=0, help="LR tile size for big images (0: whole-image inference)")
+    s.add_argument("--tile-overlap", type=ranged(int, 0), default=16, help="LR pixels shared by neighbouring tiles on each side")
     for sp in (r, f, c, g, s):
-        sp.add_argument("--out", help="also write the JSON result here")
+        sp.add_argument("--out", help="also write the JSON result here (a new file, or an earlier vistok result with --overwrite)")
+        sp.add_argument("--overwrite", action="store_true", help="replace an earlier vistok result at --out")
+        add_debug(sp)
+    add_debug(p)
     args = p.parse_args(argv)
+    if args.out:
+        from vistok.io import guard_result_file
+
+        guard_result_file(args.out, args.overwrite)  # before the work, not after it
     state = None
     if "WORLD_SIZE" in os.environ and args.cmd in ("recon", "fid"):
         # torchrun / accelerate launch: one process group; each rank evaluates a disjoint shard, sums are reduced
@@ -65,16 +73,16 @@ def main(argv=None) -> int:
     main_process = state is None or state.is_main_process
     try:
         result = run(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     finally:
         if state is not None:
             state.destroy_process_group()  # exiting with live gloo/nccl threads aborts the process
     if not main_process:
         return 0
+    from vistok import __version__
+
+    result = {**result, "task": args.cmd, "vistok_version": __version__}
     if args.out:
-        from vistok.training.checkpoint import atomic_write_json
+        from vistok.io import atomic_write_json
 
         atomic_write_json(args.out, result)
     print(json.dumps(result))
@@ -82,6 +90,11 @@ def main(argv=None) -> int:
 
 
 def run(args) -> dict:
+    samples = getattr(args, "samples", None)
+    if samples:
+        from vistok.sampling import check_complete
+
+        check_complete(samples)
     if args.cmd == "recon":
         from vistok.evaluation.recon import evaluate_reconstruction
         from vistok.pipeline import Pipeline
@@ -128,4 +141,4 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

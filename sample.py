@@ -30,11 +30,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vistok.data.base import build_dataset
-from vistok.pipeline import Pipeline
 from accelerate import PartialState
 
-from vistok.sampling import class_grid, read_images, save_images, to_uint8, write_json
+from vistok.cli import add_debug, ranged, run
+from vistok.data.base import build_dataset
+from vistok.pipeline import Pipeline
+from vistok.sampling import (class_grid, clear_samples, guard_samples_dir, read_images, save_images, start_samples,
+                             to_uint8, write_json)
 from vistok.training.logging import save_grid
 
 
@@ -52,50 +54,57 @@ def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--num-images", type=int, default=64, help="images (class labels cycle 0..K-1 for generators)")
-    p.add_argument("--per-class", type=int, help="generators: this many images of every class")
-    p.add_argument("--class-labels", type=int, nargs="+", help="generators: exactly these labels")
+    p.add_argument("--overwrite", action="store_true", help="--out holds earlier samples: delete those (only files "
+                                                             "sample.py writes) and sample again")
+    p.add_argument("--num-images", type=ranged(int, 1), default=64, help="images (class labels cycle 0..K-1 for generators)")
+    p.add_argument("--per-class", type=ranged(int, 1), help="generators: this many images of every class")
+    p.add_argument("--class-labels", type=ranged(int, 0), nargs="+", help="generators: exactly these labels")
     p.add_argument("--prompts", help="text-conditional generators: GenEval metadata jsonl (one prompt per line)")
-    p.add_argument("--images-per-prompt", type=int, default=4, help="with --prompts (GenEval uses 4)")
-    p.add_argument("--cfg-scale", type=float, default=1.0)
+    p.add_argument("--images-per-prompt", type=ranged(int, 1), default=4, help="with --prompts (GenEval uses 4)")
+    p.add_argument("--cfg-scale", type=ranged(float, 0), default=1.0, help="1: no guidance")
     p.add_argument("--cfg-schedule", choices=("constant", "linear"), default=None,
                    help="default: constant (discrete AR), linear across entities (xAR)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=0, help="xAR: flow-matching steps per entity (default: the model's)")
+    p.add_argument("--temperature", type=ranged(float, 0, lo_open=True), default=1.0)
+    p.add_argument("--top-k", type=ranged(int, 0), default=0, help="0: off")
+    p.add_argument("--top-p", type=ranged(float, 0, 1, lo_open=True), default=1.0, help="1: off")
+    p.add_argument("--steps", type=ranged(int, 0), default=0, help="xAR: flow-matching steps per entity (0: the model's)")
     p.add_argument("--solver", choices=("euler", "euler-maruyama"), default="euler-maruyama", help="xAR")
-    p.add_argument("--noise", type=float, default=1.0, help="xAR, euler-maruyama: SDE noise (0 = the ODE)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=ranged(float, 0), default=1.0, help="xAR, euler-maruyama: SDE noise (0 = the ODE)")
+    p.add_argument("--batch-size", type=ranged(int, 1), default=100)
+    p.add_argument("--seed", type=ranged(int, 0), default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute every token (reference; slow)")
     p.add_argument("--compile", action="store_true", help="torch.compile the generator's blocks and the decoder "
                                                           "(pays off on GPUs for large runs)")
     p.add_argument("--images", help="SR-only pipelines: a folder of images to upscale")
-    p.add_argument("--tile", type=int, default=0, help="SR-only: LR tile size (0: whole images)")
-    p.add_argument("--tile-overlap", type=int, default=16, help="SR-only: LR pixels neighbouring tiles share per side")
+    p.add_argument("--tile", type=ranged(int, 0), default=0, help="SR-only: LR tile size (0: whole images)")
+    p.add_argument("--tile-overlap", type=ranged(int, 0), default=16, help="SR-only: LR pixels neighbouring tiles share per side")
     p.add_argument("--npz", action="store_true", help="also write samples.npz (uint8 arr_0, ADM FID suite layout)")
+    add_debug(p)
     args = p.parse_args(argv)
+    guard_samples_dir(args.out, args.overwrite, inputs=[args.images, args.pipeline])  # every rank, before any work
     pipe = Pipeline.from_pretrained(args.pipeline)
     if args.compile:
         pipe.compile()
+    state = PartialState(cpu=not torch.cuda.is_available())
+    from vistok import __version__
+
+    if state.is_main_process:
+        clear_samples(args.out)  # only what an earlier sample.py wrote (guard_samples_dir checked there is nothing else)
+        start_samples(args.out, __version__)
+    state.wait_for_everyone()
     t0 = time.time()
-    try:
-        if pipe.tokenizer is None:
-            settings = upscale_folder(pipe, args)
-        elif pipe.generator is None:
-            settings = reconstruct(pipe, args)
-        elif args.prompts:
-            settings = generate_prompts(pipe, args)
-        else:
-            settings = generate(pipe, args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if pipe.tokenizer is None:
+        settings = upscale_folder(pipe, args)
+    elif pipe.generator is None:
+        settings = reconstruct(pipe, args)
+    elif args.prompts:
+        settings = generate_prompts(pipe, args)
+    else:
+        settings = generate(pipe, args)
     settings.update(pipeline=os.path.abspath(args.pipeline), seed=args.seed, compile=args.compile, seconds=round(time.time() - t0, 2))
-    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+    if not state.is_main_process:
         return 0
-    write_json(os.path.join(args.out, "sampling.json"), settings)
+    write_json(os.path.join(args.out, "sampling.json"), {**settings, "complete": True, "vistok_version": __version__})
     grid = os.path.join(args.out, "grid.png")
     print(json.dumps({"out": args.out, "num_images": settings["num_images"], "grid": grid if os.path.isfile(grid) else None,
                       "seconds": settings["seconds"]}))
@@ -189,6 +198,7 @@ def upscale_folder(pipe, args) -> dict:
             arr = (sr[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             Image.fromarray(arr).save(os.path.join(args.out, os.path.splitext(name)[0] + ".png"))
     return {"mode": "upscale", "num_images": len(names), "images": os.path.abspath(args.images), "scale": model.scale,
+            "files": [os.path.splitext(n)[0] + ".png" for n in names],
             "inference": f"tiled {args.tile} px, overlap {args.tile_overlap}" if args.tile else "whole image"}
 
 
@@ -208,4 +218,4 @@ def reconstruct(pipe, args) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

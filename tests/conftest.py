@@ -7,6 +7,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 torch.set_num_threads(1)
+# token caches built outside a training run (scripts/pretokenize.py, TokenDataset in tests) stay out of $HOME
+os.environ.setdefault("VISTOK_CACHE", os.path.join(__import__("tempfile").gettempdir(), f"vistok-test-cache-{os.getpid()}"))
 
 TINY_VQ = [
     "model.ch=8", "model.ch_mult=[1,2]", "model.z_channels=16", "model.codebook_size=32", "model.codebook_dim=8",

@@ -23,7 +23,7 @@ def test_overrides_and_defaults():
     (["train.max_steps=abc"], "'train.max_steps' = 'abc'; expected an integer"),
     (["train.lr=fast"], "'train.lr' = 'fast'; expected a number"),
     (["model.codebook_sise=3"], "unknown key 'codebook_sise' for model 'vqgan'"),
-    (["model.ch=1.5"], "'ch' = 1.5; expected an integer"),
+    (["model.ch=1.5"], "'model.ch' = 1.5; expected an integer"),
     (["model.type=vqgann"], "unknown model type 'vqgann'"),
     (["data.type=mnistt"], "unknown dataset type 'mnistt'"),
     (["data.split=test"], "unknown key 'split'"),
@@ -34,7 +34,17 @@ def test_errors_name_key_and_file(overrides, needle):
     with pytest.raises(ConfigError) as e:
         load_config(MNIST, overrides)
     assert needle in str(e.value)
-    assert "mnist.yaml" in str(e.value) or "override" in str(e.value)
+    assert "mnist.yaml" in str(e.value)
+    if "=" in overrides[0]:  # a key given on the command line is blamed on the command line, not the file
+        assert f"command-line override '{overrides[0]}'" in str(e.value) and "(YAML file)" not in str(e.value)
+
+
+def test_a_bad_key_in_the_file_is_blamed_on_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {type: vqgan, codebook_size: 0}\ndata: {type: mnist}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad, ["train.max_steps=3"])
+    assert str(e.value).startswith(f"{bad} (YAML file): 'model.codebook_size' = 0; expected a value in [1, inf)")
 
 
 def test_missing_file_and_section(tmp_path):
@@ -42,7 +52,7 @@ def test_missing_file_and_section(tmp_path):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {type: vqgan}\ntrain: {max_steps: 1}\n")
-    with pytest.raises(ConfigError, match="bad.yaml: missing section 'data'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml \(YAML file\): missing section 'data'"):
         load_config(bad)
     bad.write_text("model: {type: vqgan}\ndata: {type: mnist}\nmodle: {}\n")
     with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['modle'\]"):

@@ -88,8 +88,6 @@ def test_recon_cli_under_two_processes_equals_one(tiny_release):
 
 
 def test_pretokenization_is_distributed_and_resumes(tiny_release, tmp_path):
-    import shutil
-
     import torch
     from safetensors.torch import load_file
 
@@ -97,16 +95,17 @@ def test_pretokenization_is_distributed_and_resumes(tiny_release, tmp_path):
     from vistok.data.tokens import TokenDataset, build_token_cache
     from vistok.pipeline import Pipeline
 
-    reference = TokenDataset(str(tiny_release), "test", chunk=1000)  # one process, one chunk
+    reference = TokenDataset(str(tiny_release), "test", chunk=1000, cache_dir=str(tmp_path / "ref"))  # one process, one chunk
     codes = reference.codes.clone()
-    shutil.rmtree(tiny_release / "token_cache")
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "scripts/pretokenize.py",
-                           "--tokenizer", str(tiny_release), "--splits", "test", "--chunk", "8"],
+                           "--tokenizer", str(tiny_release), "--splits", "test", "--chunk", "8",
+                           "--cache-dir", str(tmp_path / "dist")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])["test"]
     assert out["items"] == len(codes) == 32 and torch.equal(load_file(out["cache"])["codes"].long(), codes)  # 4 chunks, 2 ranks
+    assert out["cache"].startswith(str(tmp_path / "dist"))
 
     class Dies:  # the dataset of an encoding that is killed after its first chunks
         def __init__(self, ds, limit, done=0):

@@ -76,7 +76,7 @@ def test_wrong_model_type_and_bad_files(trained_run, tmp_path):
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         Pipeline.from_pretrained(str(rel))
     # shapes that do not match the config
-    release(str(rel), tokenizer=trained_run)
+    release(str(rel), tokenizer=trained_run, overwrite=True)
     c = json.loads((rel / "tokenizer" / "config.json").read_text())
     c["codebook_size"] = 64
     (rel / "tokenizer" / "config.json").write_text(json.dumps(c))

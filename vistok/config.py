@@ -22,42 +22,51 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vistok.schema import Decay, Length, NonNegFloat, NonNegInt, Pair, PosFloat, PosInt, Range, is_finite
+
 SECTIONS = ("model", "data", "train", "sample", "eval")
 
 
 class ConfigError(ValueError):
-    """A config key, value or file is wrong; the message says which and what was expected."""
+    """A config key, value or file is wrong; the message says which and what was expected. ``key`` is the
+    dotted key at fault (when one is), so that a caller can tell a command-line override from the file."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
 class TrainConfig:
     output_dir: str = ""  # default: runs/<config file stem>
-    seed: int = 0
-    batch_size: int = 32  # per process
-    max_steps: int = 1000
-    lr: float = 1e-3
-    betas: list = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.0
+    seed: NonNegInt = 0
+    batch_size: PosInt = 32  # per process
+    max_steps: PosInt = 1000
+    lr: PosFloat = 1e-3
+    betas: Pair(Decay) = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: NonNegFloat = 0.0
     lr_schedule: str = "cosine"  # constant | cosine | linear | constant_cosine (all with warm-up)
-    warmup_steps: int = 0
-    decay_start: int = 0  # constant_cosine: the step where the cosine decay begins (xAR/MAR: epoch 600 of 800)
-    min_lr: float = 0.0  # constant_cosine: the lr the cosine reaches at max_steps (xAR: 1e-5)
-    grad_clip: float = 1.0  # 0 disables clipping
-    grad_accum_steps: int = 1
+    warmup_steps: NonNegInt = 0
+    decay_start: NonNegInt = 0  # constant_cosine: the step where the cosine decay begins (xAR/MAR: epoch 600 of 800)
+    min_lr: NonNegFloat = 0.0  # constant_cosine: the lr the cosine reaches at max_steps (xAR: 1e-5)
+    grad_clip: NonNegFloat = 1.0  # 0 disables clipping
+    grad_accum_steps: PosInt = 1
     mixed_precision: str = "bf16"  # no | bf16 | fp16 (bf16 falls back to no where unsupported)
-    ema_decay: float = 0.0  # 0 disables EMA
-    disc_start: int = -1  # step at which the adversarial phase starts; -1: never
-    disc_lr: float = 1e-4
-    checkpoint_every: int = 500
-    checkpoints_total_limit: int = 3  # 0 keeps all
+    ema_decay: Decay = 0.0  # 0 disables EMA
+    disc_start: typing.Annotated[int, Range(-1)] = -1  # step at which the adversarial phase starts; -1: never
+    disc_lr: PosFloat = 1e-4
+    checkpoint_every: PosInt = 500
+    checkpoints_total_limit: NonNegInt = 3  # 0 keeps all
     resume: str = ""  # "" | latest | path to a checkpoint-<step> folder
+    resume_inexact: bool = False  # resume even when a checkpoint lacks its RNG state (warns: no longer exact)
+    force_unlock: bool = False  # take over a run whose lock was left by another host
     init_from: str = ""  # start from these weights (a run, model or pipeline folder); ignored when resuming
     init_skip: list = field(default_factory=list)  # key prefixes init_from may not fill (listed in the log)
-    log_every: int = 50
-    image_every: int = 500  # image grids (inputs vs reconstructions / samples); 0 disables
-    eval_every: int = 500  # model metrics on held-out data; 0 disables
-    eval_batches: int = 4
-    num_workers: int = 0
+    log_every: PosInt = 50
+    image_every: NonNegInt = 500  # image grids (inputs vs reconstructions / samples); 0 disables
+    eval_every: NonNegInt = 500  # model metrics on held-out data; 0 disables
+    eval_batches: PosInt = 4
+    num_workers: NonNegInt = 0
     log_with: str = "tensorboard"  # tensorboard | wandb | none
     on_nan: str = "stop"  # stop | skip
     progress: bool = True
@@ -65,15 +74,15 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    num_images: int = 64
-    batch_size: int = 64
-    seed: int = 0
+    num_images: PosInt = 64
+    batch_size: PosInt = 64
+    seed: NonNegInt = 0
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 100
-    max_images: int = 0  # 0: the whole held-out split
+    batch_size: PosInt = 100
+    max_images: NonNegInt = 0  # 0: the whole held-out split
     lenet: str = "checkpoints/fd_lenet"  # FD-LeNet classifier (release folder)
     inception_weights: str = ""  # local path to torch-fidelity's inception-v3-compat weights
 
@@ -100,13 +109,29 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(f"{path}: expected a mapping with sections {SECTIONS}, got {type(cfg).__name__}")
     for ov in overrides:
         if "=" not in ov:
-            raise ConfigError(f"override '{ov}': expected key.sub=value")
+            raise ConfigError(f"command-line override '{ov}' (config {path}): expected key.sub=value")
     try:
         cli = OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as e:
         raise ConfigError(f"command-line overrides {list(overrides)}: {e}") from e
     cfg = OmegaConf.merge(cfg, cli)
-    return validate(cfg, source=path, name=os.path.splitext(os.path.basename(path))[0])
+    try:
+        return validate(cfg, source=path, name=os.path.splitext(os.path.basename(path))[0])
+    except ConfigError as e:
+        raise _attribute(e, path, overrides) from None
+
+
+def _attribute(e: ConfigError, path: str, overrides) -> ConfigError:
+    """Say whether the key at fault came from the command line or from the YAML file."""
+    msg = str(e)
+    if e.key:
+        key = e.key.split("[")[0]
+        for ov in overrides:
+            k = ov.split("=", 1)[0].strip()
+            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                return ConfigError(msg.replace(path, f"command-line override '{ov}' (config {path})", 1) if path in msg
+                                   else f"command-line override '{ov}': {msg}", e.key)
+    return ConfigError(msg.replace(path, f"{path} (YAML file)", 1), e.key)
 
 
 def validate(cfg: DictConfig, source: str = "<config>", name: str | None = None) -> DictConfig:
@@ -132,17 +157,17 @@ def _validate_dataclass(sec: str, values, schema, source: str) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: section '{sec}' must be a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    types = typing.get_type_hints(schema)
+    types = typing.get_type_hints(schema, include_extras=True)
     result = dataclasses.asdict(schema())
     for key, val in values.items():
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key '{sec}.{key}'; expected one of: {', '.join(fields)}")
+            raise ConfigError(f"{source}: unknown key '{sec}.{key}'; expected one of: {', '.join(fields)}", f"{sec}.{key}")
         allowed = _CHOICES.get((sec, key))
         if allowed and val is False and "no" in allowed:  # YAML 1.1 reads a bare `no` as false
             val = "no"
         result[key] = _coerce(val, types[key], f"{sec}.{key}", source)
         if allowed and result[key] not in allowed:
-            raise ConfigError(f"{source}: '{sec}.{key}' = {val!r}; expected one of {allowed}")
+            raise ConfigError(f"{source}: '{sec}.{key}' = {val!r}; expected one of {allowed}", f"{sec}.{key}")
     return result
 
 
@@ -150,12 +175,13 @@ def validate_component(kind: str, values: dict, where: str) -> dict:
     """Validate ``{type: name, **kwargs}`` against the registered class's constructor."""
     from vistok.registry import lookup
 
+    sec = where.rsplit(": ", 1)[-1]
     if not isinstance(values, dict) or "type" not in values:
-        raise ConfigError(f"{where}: expected a mapping with a 'type' key naming the {kind}")
+        raise ConfigError(f"{where}: expected a mapping with a 'type' key naming the {kind}", f"{sec}.type")
     try:
         cls = lookup(kind, values["type"])
     except KeyError as e:
-        raise ConfigError(f"{where}.type: {e.args[0]}") from None
+        raise ConfigError(f"{where}.type: {e.args[0]}", f"{sec}.type") from None
     params, hints = _init_params(cls)
     result = {"type": values["type"]}
     for key, val in values.items():
@@ -163,8 +189,9 @@ def validate_component(kind: str, values: dict, where: str) -> dict:
             continue
         if key not in params or (kind == "dataset" and key == "split"):
             expected = [p for p in params if not (kind == "dataset" and p == "split")]
-            raise ConfigError(f"{where}: unknown key '{key}' for {kind} '{values['type']}'; expected one of: {', '.join(expected)}")
-        result[key] = _coerce(val, hints.get(key, Any), f"{key}", where)
+            raise ConfigError(f"{where}: unknown key '{key}' for {kind} '{values['type']}'; expected one of: "
+                              f"{', '.join(expected)}", f"{sec}.{key}")
+        result[key] = _coerce(val, hints.get(key, Any), f"{sec}.{key}", where.rsplit(": ", 1)[0])
     missing = [n for n, p in params.items() if p.default is p.empty and n not in result and n != "split"]
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {missing} for {kind} '{values['type']}'")
@@ -179,7 +206,7 @@ def _init_params(cls) -> tuple[dict, dict]:
         if init is None:
             continue
         sig = inspect.signature(init)
-        hints = {**typing.get_type_hints(init), **hints}
+        hints = {**typing.get_type_hints(init, include_extras=True), **hints}
         for n, p in sig.parameters.items():
             if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD:
                 params.setdefault(n, p)
@@ -189,51 +216,57 @@ def _init_params(cls) -> tuple[dict, dict]:
 
 
 def _coerce(val, typ, key: str, source: str):
-    """Check ``val`` against a type annotation; ints are accepted for floats, lists for tuples."""
-    origin = typing.get_origin(typ)
-    args = typing.get_args(typ)
+    """Check ``val`` against a type annotation (and its ``vistok.schema`` ranges); ints are accepted for floats,
+    lists for tuples; every float must be finite."""
     if isinstance(val, (DictConfig, ListConfig)):
         val = OmegaConf.to_container(val, resolve=True)
+    if typing.get_origin(typ) is typing.Annotated:
+        base, *meta = typing.get_args(typ)
+        val = _coerce(val, base, key, source)
+        for m in meta:
+            if isinstance(m, (Range, Length)) and val is not None and not m.ok(val):
+                what = "a value in " + m.describe() if isinstance(m, Range) else m.describe()
+                raise ConfigError(f"{source}: '{key}' = {val!r}; expected {what}", key)
+        return val
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
     if typ is Any or typ is inspect.Parameter.empty:
         return val
     if origin is typing.Union or origin is types.UnionType:
         if val is None and type(None) in args:
             return None
+        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(val, a, key, source)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{source}: '{key}' = {val!r}; expected {_typename(typ)}")
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{source}: '{key}' = {val!r}; expected {_typename(typ)}", key)
     if origin in (list, tuple) or typ in (list, tuple):
         if not isinstance(val, (list, tuple)):
-            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a list")
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a list", key)
         if args and args[-1] is not Ellipsis and origin is tuple and len(args) != len(val):
-            raise ConfigError(f"{source}: '{key}' = {val!r}; expected {len(args)} items")
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected {len(args)} items", key)
         item = args[0] if args else Any
         return [_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(val)]
     if origin is dict or typ is dict:
         if not isinstance(val, dict):
-            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a mapping")
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a mapping", key)
         return val
     if typ is float:
         if isinstance(val, bool) or not isinstance(val, (int, float)):
-            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a number")
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a number", key)
+        if not is_finite(float(val)):
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a finite number", key)
         return float(val)
-    if typ is int:
-        if isinstance(val, bool) or not isinstance(val, int):
-            raise ConfigError(f"{source}: '{key}' = {val!r}; expected an integer")
-        return val
-    if typ is bool:
-        if not isinstance(val, bool):
-            raise ConfigError(f"{source}: '{key}' = {val!r}; expected true or false")
-        return val
-    if typ is str:
-        if not isinstance(val, str):
-            raise ConfigError(f"{source}: '{key}' = {val!r}; expected a string")
-        return val
+    simple = {int: "an integer", bool: "true or false", str: "a string"}
+    if typ in simple:
+        if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+            raise ConfigError(f"{source}: '{key}' = {val!r}; expected {simple[typ]}", key)
     return val
 
 
@@ -242,7 +275,7 @@ def _typename(typ) -> str:
 
 
 def save_config(cfg: DictConfig, path: str) -> None:
-    from vistok.training.checkpoint import atomic_write_text
+    from vistok.io import atomic_write_text
 
     atomic_write_text(path, OmegaConf.to_yaml(cfg))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import torch
 from omegaconf import OmegaConf
@@ -17,6 +16,7 @@ from omegaconf import OmegaConf
 from vistok import __version__
 from vistok.config import build, validate
 from vistok.modeling import VistokModel, count_parameters, load_weights
+from vistok.io import atomic_write_json, atomic_write_text, guard_output_dir, is_run_dir, write_release_dir
 from vistok.training import checkpoint as ckpt
 
 PIPELINE_NAME = "pipeline.json"
@@ -39,8 +39,7 @@ class Pipeline:
     def from_pretrained(cls, path: str) -> "Pipeline":
         meta_path = os.path.join(path, PIPELINE_NAME)
         if not os.path.isfile(meta_path):
-            raise FileNotFoundError(f"'{path}' is not a vistok pipeline: {PIPELINE_NAME} is missing "
-                                    f"(release one with `python release.py --tokenizer RUN --out {path}`)")
+            raise FileNotFoundError(not_a_release(path))
         with open(meta_path, encoding="utf-8") as f:
             try:
                 meta = json.load(f)
@@ -61,21 +60,20 @@ class Pipeline:
         check_compatible(loaded.get("tokenizer"), loaded.get("generator"))
         return cls(**loaded, data=meta.get("data"), info=meta)
 
-    def save_pretrained(self, path: str, card: str | None = None, sources: dict | None = None) -> None:
-        tmp = path.rstrip("/") + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        for name, model in self.stages.items():
-            model.save_pretrained(os.path.join(tmp, name))
-        meta = {"format": "vistok-pipeline", "vistok_version": __version__,
-                "stages": {name: name for name in self.stages}, "data": self.data, "sources": sources or {}}
-        ckpt.atomic_write_json(os.path.join(tmp, PIPELINE_NAME), meta)
-        if card:
-            with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-                f.write(card)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+    def save_pretrained(self, path: str, card: str | None = None, sources: dict | None = None,
+                        overwrite: bool = False) -> None:
+        """Write the release beside ``path`` and swap it in atomically. Refused (before anything is written) when
+        ``path`` holds anything but a vistok release, and for an existing release unless ``overwrite``."""
+        def write(tmp):
+            for name, model in self.stages.items():
+                model.save_pretrained(os.path.join(tmp, name))
+            meta = {"format": "vistok-pipeline", "vistok_version": __version__,
+                    "stages": {name: name for name in self.stages}, "data": self.data, "sources": sources or {}}
+            atomic_write_json(os.path.join(tmp, PIPELINE_NAME), meta)
+            if card:
+                atomic_write_text(os.path.join(tmp, "README.md"), card)
+
+        write_release_dir(path, write, overwrite)
 
     def compile(self, mode: str | None = None) -> "Pipeline":
         """torch.compile the parts sampling spends its time in, in place (weights and names unchanged): the
@@ -135,6 +133,18 @@ class Pipeline:
         return self.tokenizer.decode(codes).clamp(-1, 1)
 
 
+def not_a_release(path: str) -> str:
+    """Why ``path`` cannot be loaded as a release, and what to do instead."""
+    if not os.path.exists(path):
+        return f"'{path}' does not exist (expected a vistok release folder, e.g. checkpoints/NAME)"
+    if not os.path.isdir(path):
+        return f"'{path}' is a file, not a folder (expected a vistok release folder, e.g. checkpoints/NAME)"
+    if is_run_dir(path):
+        return (f"'{path}' is a training run, not a release; release it first: `python release.py --tokenizer "
+                f"{path} --out checkpoints/NAME`, then pass checkpoints/NAME")
+    return f"'{path}' is not a vistok pipeline: {PIPELINE_NAME} is missing"
+
+
 def model_from_run(run_dir: str, checkpoint: str | None = None, use_ema: bool = True):
     """Build a run's model and load its newest complete checkpoint (EMA parameters when kept).
 
@@ -142,7 +152,8 @@ def model_from_run(run_dir: str, checkpoint: str | None = None, use_ema: bool = 
     """
     cfg_path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"'{run_dir}' is not a training run: config.yaml is missing")
+        raise FileNotFoundError(f"'{run_dir}' does not exist" if not os.path.exists(run_dir) else
+                                f"'{run_dir}' is not a training run: config.yaml is missing")
     cfg = validate(OmegaConf.load(cfg_path), source=cfg_path)
     path = checkpoint or ckpt.resolve_resume("latest", os.path.join(run_dir, "checkpoints"))
     if not path:
@@ -163,6 +174,9 @@ def model_from_run(run_dir: str, checkpoint: str | None = None, use_ema: bool = 
 def load_stage(path: str, kind: str):
     """A model of ``kind`` from a pipeline folder (its stage of that kind), a training run (newest checkpoint,
     EMA when kept) or a saved model folder."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"'{path}' {'does not exist' if not os.path.exists(path) else 'is not a folder'} "
+                                f"(expected a release, model or training-run folder)")
     if os.path.isfile(os.path.join(path, PIPELINE_NAME)):
         pipe = Pipeline.from_pretrained(path)
         if kind not in pipe.stages:
@@ -196,11 +210,13 @@ def init_from(model, path: str, skip: list[str] = ()) -> list[str]:
     return skipped
 
 
-def release(out: str, tokenizer: str | None = None, generator: str | None = None, sr: str | None = None) -> Pipeline:
+def release(out: str, tokenizer: str | None = None, generator: str | None = None, sr: str | None = None,
+            overwrite: bool = False) -> Pipeline:
     if not tokenizer and not sr:
         raise ValueError("release: give a tokenizer (and optionally a generator and an sr stage), or an sr stage alone")
     if generator and not tokenizer:
         raise ValueError("release: a generator needs its tokenizer (--tokenizer)")
+    guard_output_dir(out, "--out", overwrite)  # before any work: nothing of the user's may be replaced
     runs = {"tokenizer": tokenizer, "generator": generator, "sr": sr}
     models, cards, sources, data = {}, [], {}, None
     for name, run in runs.items():
@@ -231,7 +247,7 @@ def release(out: str, tokenizer: str | None = None, generator: str | None = None
     pipe = Pipeline(**models, data=data)
     card = f"# vistok pipeline `{os.path.basename(out.rstrip('/'))}`\n\nvistok {__version__}. Load with " \
            f"`vistok.Pipeline.from_pretrained(\"{out}\")`.\n\n" + "\n".join(cards)
-    pipe.save_pretrained(out, card=card, sources=sources)
+    pipe.save_pretrained(out, card=card, sources=sources, overwrite=overwrite)
     return pipe
 
 

@@ -1,15 +1,18 @@
-"""Writing sampled / reconstructed images: one PNG per image plus a grid."""
+"""Writing sampled / reconstructed images: one PNG per image plus a grid; and the guard that keeps a
+samples folder from mixing stale images into a score or losing files sample.py did not write."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import torch
 from PIL import Image
 
 from vistok.data.base import to_unit
-from vistok.training.checkpoint import atomic_write_json
+from vistok.io import OutputError, atomic_write_json, read_json
 from vistok.training.logging import save_grid
 
 
@@ -61,3 +64,100 @@ def read_images(out: str, n: int) -> torch.Tensor:
 
 def write_json(path: str, obj) -> None:
     atomic_write_json(path, json.loads(json.dumps(obj, default=str)))
+
+
+_OWN_FILE = re.compile(r"^(\d{5}\.png|grid\.png|sampling\.json|samples\.npz|\.tmp-.*)$")
+_PROMPT_DIR = re.compile(r"^\d{5}$")
+
+
+def _is_own_prompt_dir(path: str) -> bool:
+    """A GenEval prompt folder as write_prompt_folder leaves it: metadata.jsonl + samples/<nnnn>.png."""
+    for root, dirs, files in os.walk(path):
+        rel = os.path.relpath(root, path)
+        ok = {"metadata.jsonl"} if rel == "." else set()
+        if rel not in (".", "samples") or any(not (f in ok or (rel == "samples" and re.match(r"^\d{4}\.png$", f)))
+                                              for f in files):
+            return False
+        if rel == "samples" and dirs:
+            return False
+    return True
+
+
+def _foreign_entries(out: str, listed: set[str]) -> list[str]:
+    """Entries of a samples folder that an earlier sample.py did not write."""
+    foreign = []
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name)
+        if os.path.isfile(path) and (_OWN_FILE.match(name) or name in listed):
+            continue
+        if os.path.isdir(path) and name == "sr" and not _foreign_entries(path, set()):
+            continue
+        if os.path.isdir(path) and _PROMPT_DIR.match(name) and _is_own_prompt_dir(path):
+            continue
+        foreign.append(name)
+    return foreign
+
+
+def _earlier_settings(out: str) -> dict | None:
+    path = os.path.join(out, "sampling.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        meta = read_json(path)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) and ("vistok_version" in meta or "mode" in meta) else None
+
+
+def guard_samples_dir(out: str, overwrite: bool, inputs=()) -> None:
+    """Refuse a samples folder that holds anything, unless it holds only an earlier sample.py's output and
+    ``overwrite`` is given (then ``clear_samples`` removes exactly those files)."""
+    for src in inputs:
+        if src and os.path.exists(src) and os.path.realpath(src) == os.path.realpath(out):
+            raise OutputError(f"--out {out}: is also an input folder; nothing was written (choose a new folder)")
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out):
+        raise OutputError(f"--out {out}: exists and is not a folder; nothing was written")
+    if not os.listdir(out):
+        return
+    earlier = _earlier_settings(out)
+    if earlier is None:
+        raise OutputError(f"--out {out}: the folder is not empty and holds no earlier samples of sample.py "
+                          f"(no sampling.json); nothing was written (choose a new or empty folder)")
+    if not overwrite:
+        raise OutputError(f"--out {out}: holds earlier samples ({earlier.get('num_images', '?')} images, "
+                          f"sampling.json); pass --overwrite to replace them, or choose a new folder: stale images "
+                          f"would otherwise mix into a score")
+    foreign = _foreign_entries(out, set(earlier.get("files") or []))
+    if foreign:
+        raise OutputError(f"--out {out}: besides earlier samples it holds {', '.join(foreign[:5])}"
+                          f"{', ...' if len(foreign) > 5 else ''}, which sample.py did not write; nothing was "
+                          f"deleted (move them, or choose a new folder)")
+
+
+def clear_samples(out: str) -> None:
+    """Delete an earlier sample.py's output from ``out`` (after ``guard_samples_dir`` allowed it)."""
+    if not os.path.isdir(out) or not os.listdir(out):
+        return
+    earlier = _earlier_settings(out) or {}
+    if _foreign_entries(out, set(earlier.get("files") or [])):
+        raise OutputError(f"--out {out}: holds files sample.py did not write; nothing was deleted")
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        if name != "sampling.json":
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+    os.unlink(os.path.join(out, "sampling.json"))  # last: an interrupted clear can be cleared again
+
+
+def start_samples(out: str, version: str) -> None:
+    """Mark ``out`` as sample.py's before the first image, so an interrupted run can be replaced with --overwrite."""
+    write_json(os.path.join(out, "sampling.json"), {"mode": "in progress", "complete": False, "vistok_version": version})
+
+
+def check_complete(folder: str) -> None:
+    """Refuse to score a samples folder whose sample.py run did not finish."""
+    meta = _earlier_settings(folder) if os.path.isdir(folder) else None
+    if meta is not None and meta.get("complete") is False:
+        raise ValueError(f"--samples {folder}: sample.py did not finish there (sampling.json says 'in progress'); "
+                         f"sample again with --overwrite")

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vistok.registry import register_dataset
+from vistok.schema import NonNegInt, OpenUnit, PosFloat, PosInt, PosInts, Triple
 
 
 def voronoi_em(shape=(16, 96, 96), cells: int = 40, anisotropy: float = 4.0, blur: float = 1.0, noise: float = 0.06,
@@ -95,10 +96,10 @@ def read_volume(path: str, key: str = "") -> np.ndarray:
 
 @register_dataset("em")
 class EMVolumes(Dataset):
-    def __init__(self, root: str = "procedural", split: str = "train", crop: list[int] = (8, 32, 32),
-                 volumes: int = 4, volume_shape: list[int] = (16, 64, 64), cells: int = 24, anisotropy: float = 4.0,
-                 repeat: int = 50, seed: int = 0, raw: str = "", labels: str = "", raw_key: str = "volumes/raw",
-                 labels_key: str = "volumes/labels/neuron_ids", test_fraction: float = 0.25, test_volume_shape: list[int] = ()):
+    def __init__(self, root: str = "procedural", split: str = "train", crop: Triple(PosInt) = (8, 32, 32),
+                 volumes: PosInt = 4, volume_shape: Triple(PosInt) = (16, 64, 64), cells: PosInt = 24, anisotropy: PosFloat = 4.0,
+                 repeat: PosInt = 50, seed: NonNegInt = 0, raw: str = "", labels: str = "", raw_key: str = "volumes/raw",
+                 labels_key: str = "volumes/labels/neuron_ids", test_fraction: OpenUnit = 0.25, test_volume_shape: PosInts = ()):
         self.split, self.crop, self.repeat, self.seed = split, tuple(int(c) for c in crop), repeat, seed
         if root == "procedural":
             base = 1000 if split == "train" else 2000  # disjoint seeds per split

@@ -18,7 +18,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vistok.io import open_rgb
 from vistok.registry import register_dataset
+from vistok.schema import PosInt
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -26,12 +28,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 def load_image(path, image_size: int, name: str | None = None) -> torch.Tensor:
     """Read an RGB image (a path or a binary file object; ``name`` for errors), resize the shorter side,
     centre-crop; float tensor 3,H,W in [-1, 1]."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.load()
-    except Exception as e:
-        raise ValueError(f"cannot read image '{name or path}': {type(e).__name__}: {e} (expected a readable image file)") from e
+    im = open_rgb(path, name)  # every PIL mode converted correctly (16-bit grey, palette, alpha), or refused by path
     w, h = im.size
     scale = image_size / min(w, h)
     im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BICUBIC)
@@ -44,7 +41,7 @@ def load_image(path, image_size: int, name: str | None = None) -> torch.Tensor:
 
 @register_dataset("image_folder")
 class ImageFolder(Dataset):
-    def __init__(self, root: str, split: str = "train", image_size: int = 256, captions: str = "", flip: bool = True):
+    def __init__(self, root: str, split: str = "train", image_size: PosInt = 256, captions: str = "", flip: bool = True):
         base = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
         if not os.path.isdir(base):
             raise FileNotFoundError(f"image folder '{base}' does not exist (data.root; expected a folder of images or class subfolders)")

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vistok.registry import register_dataset
+from vistok.schema import NonNegInt, PosInt
 
 HELDOUT_PER_CLASS = 50
 _SPLIT_SEED = 20240501  # constant: the held-out split must never change
@@ -72,7 +73,7 @@ def split_indices(split: str) -> np.ndarray:
 class MNIST(Dataset):
     num_classes = 10
 
-    def __init__(self, split: str = "train", image_size: int = 32, channels: int = 1, limit: int = 0):
+    def __init__(self, split: str = "train", image_size: PosInt = 32, channels: PosInt = 1, limit: NonNegInt = 0):
         if image_size < 28:
             raise ValueError(f"mnist: image_size={image_size}; expected >= 28 (digits are 28x28, padded)")
         if channels not in (1, 3):

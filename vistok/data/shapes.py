@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vistok.registry import register_dataset
+from vistok.schema import NonNegInt, PosInt, Prob
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = {
@@ -77,13 +78,13 @@ class ShapesWorld(Dataset):
     def __init__(
         self,
         split: str = "train",
-        image_size: int = 32,
-        size: int = 20000,
-        max_objects: int = 1,
-        min_size: int = 8,
-        max_size: int = 14,
-        same_kind_prob: float = 0.3,
-        seed: int = 0,
+        image_size: PosInt = 32,
+        size: PosInt = 20000,
+        max_objects: PosInt = 1,
+        min_size: PosInt = 8,
+        max_size: PosInt = 14,
+        same_kind_prob: Prob = 0.3,
+        seed: NonNegInt = 0,
     ):
         if split not in _SPLIT_OFFSET:
             raise ValueError(f"shapes split '{split}': expected one of {tuple(_SPLIT_OFFSET)}")

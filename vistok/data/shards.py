@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from vistok.data.images import load_image
 from vistok.registry import register_dataset
+from vistok.schema import PosInt
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -56,7 +57,7 @@ def index_shard(path: str) -> dict:
 
 @register_dataset("shards")
 class ShardDataset(Dataset):
-    def __init__(self, root: str, split: str = "train", image_size: int = 256, flip: bool = True):
+    def __init__(self, root: str, split: str = "train", image_size: PosInt = 256, flip: bool = True):
         self.files = sorted(glob.glob(os.path.join(root, f"{split}-*.tar")))
         if not self.files:
             raise FileNotFoundError(f"no shards '{os.path.join(root, split + '-*.tar')}' (data.root; expected "

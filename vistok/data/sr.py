@@ -20,11 +20,12 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from vistok.data.images import IMAGE_EXTENSIONS
+from vistok.io import open_rgb
 from vistok.registry import register_dataset
+from vistok.schema import NonNegInt, PosInt
 
 SKIMAGE_TRAIN = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "brick", "grass",
                  "gravel", "moon", "coins", "clock")
@@ -48,11 +49,7 @@ def load_skimage(name: str) -> torch.Tensor:
 
 
 def read_image(path: str) -> torch.Tensor:
-    try:
-        with Image.open(path) as im:
-            return _to_tensor(np.asarray(im.convert("RGB")), path)
-    except OSError as e:
-        raise ValueError(f"cannot read image '{path}': {e} (expected a readable image file)") from e
+    return _to_tensor(np.asarray(open_rgb(path)), path)
 
 
 def modcrop(img: torch.Tensor, scale: int) -> torch.Tensor:
@@ -81,8 +78,8 @@ def _folder_pairs(root: str, split: str, scale: int) -> list[tuple[str, str | No
 
 @register_dataset("sr_pairs")
 class SRPairs(Dataset):
-    def __init__(self, root: str = "skimage", split: str = "train", scale: int = 2, patch: int = 48,
-                 repeat: int = 100, eval_crop: int = 0, augment: bool = True, seed: int = 0, images: list[str] = ()):
+    def __init__(self, root: str = "skimage", split: str = "train", scale: PosInt = 2, patch: PosInt = 48,
+                 repeat: PosInt = 100, eval_crop: NonNegInt = 0, augment: bool = True, seed: NonNegInt = 0, images: list[str] = ()):
         from vistok.evaluation.sr import imresize
 
         if scale not in (2, 3, 4):

@@ -5,9 +5,11 @@ was trained on (pipeline.json ``data``) and encodes each split once. The cache i
 (``codes`` int32 N,h,w, or ``latents`` float32 for a continuous tokenizer, and ``labels`` int64 N; captions, when
 the data has them, in a JSON file beside it) keyed by a hash of the tokenizer weights and config and the split;
 ``flip`` also caches each training image's mirror image and serves one of the two at random (MAR/xAR's
-augmentation; leave it off for digits and text),
-written atomically next to the release (``<release>/token_cache/``), so a changed tokenizer never
-reuses stale codes. ``decode`` turns codes back into images (image grids while training).
+augmentation; leave it off for digits and text). The cache lives in ``cache_dir``: the trainer defaults it
+to ``<run>/token_cache/``; outside training (``scripts/pretokenize.py``) it is ``$VISTOK_CACHE/tokens``
+(default ``~/.cache/vistok/tokens``). The release itself is only read, so a read-only release can be trained
+on, and replacing a release never deletes a cache; the key (weights, config and data of the release) means a
+changed tokenizer never reuses stale codes. ``decode`` turns codes back into images (image grids while training).
 
 Encoding runs in chunks of ``chunk`` items, each saved atomically under ``<cache>.parts/`` before the
 merge: an interrupted encoding resumes from its finished chunks, and under torchrun / accelerate launch
@@ -25,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from vistok.registry import register_dataset
-from vistok.training.checkpoint import atomic_write_json
+from vistok.io import atomic_write_json
+from vistok.schema import PosInt
 
 
 def _file_hash(path: str) -> str:
@@ -106,18 +109,31 @@ class _Slice(Dataset):
         return self.dataset[self.indices[i]]
 
 
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("VISTOK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vistok"), "tokens")
+
+
+def cache_key(release: str, data: dict | None) -> str:
+    """Weights, config (e.g. a new latent scale) and the data config of a tokenizer release."""
+    stage = os.path.join(release, "tokenizer")
+    data_hash = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return _file_hash(os.path.join(stage, "model.safetensors")) + _file_hash(os.path.join(stage, "config.json"))[:8] + data_hash
+
+
 @register_dataset("tokens")
 class TokenDataset(Dataset):
-    def __init__(self, tokenizer: str, split: str = "train", batch_size: int = 256, chunk: int = 10000, flip: bool = False):
+    def __init__(self, tokenizer: str, split: str = "train", batch_size: PosInt = 256, chunk: PosInt = 10000,
+                 flip: bool = False, cache_dir: str = ""):
         from vistok.data.base import build_dataset
         from vistok.pipeline import Pipeline
 
         pipe = Pipeline.from_pretrained(tokenizer)
+        if pipe.tokenizer is None:
+            raise ValueError(f"data.tokenizer '{tokenizer}': this release has no tokenizer stage (stages: {list(pipe.stages)})")
         self.tokenizer = pipe.tokenizer.eval()
-        weights = os.path.join(tokenizer, "tokenizer", "model.safetensors")
-        key = _file_hash(weights) + _file_hash(os.path.join(tokenizer, "tokenizer", "config.json"))[:8]  # e.g. a new latent scale
+        key = cache_key(tokenizer, pipe.data)
         self.flip = flip and split == "train"  # mirrored images too (not for digits); one of the two per draw
-        cache = os.path.join(tokenizer, "token_cache", f"{split}-{key}{'-flip' if self.flip else ''}.safetensors")
+        cache = os.path.join(cache_dir or default_cache_dir(), f"{split}-{key}{'-flip' if self.flip else ''}.safetensors")
         captions_path = cache + ".captions.json"
         if not os.path.isfile(cache):
             build_token_cache(self.tokenizer, build_dataset(pipe.data, split), cache, batch_size, chunk, self.flip)
@@ -127,6 +143,17 @@ class TokenDataset(Dataset):
         self.codes = data[self.key].long() if self.key == "codes" else data[self.key]
         self.labels, self.captions = data["labels"], captions
         self.split, self.cache = split, cache
+
+    @staticmethod
+    def check_model(cfg: dict, model) -> None:
+        """Before anything is encoded: the generator must speak the release's vocabulary on its token layout."""
+        from vistok.pipeline import Pipeline, check_compatible
+
+        pipe = Pipeline.from_pretrained(cfg["tokenizer"])
+        try:
+            check_compatible(pipe.tokenizer, model)
+        except ValueError as e:
+            raise ValueError(f"model does not fit data.tokenizer '{cfg['tokenizer']}': {e}") from None
 
     def __len__(self) -> int:
         return len(self.labels)

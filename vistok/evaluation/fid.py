@@ -16,9 +16,9 @@ import tempfile
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vistok.data.images import IMAGE_EXTENSIONS
+from vistok.io import open_rgb
 from vistok.weights import read_state_dict
 
 WEIGHTS_HELP = ("FID needs the weights of torch-fidelity's inception-v3-compat network "
@@ -134,11 +134,7 @@ def read_uint8(paths: list[str]) -> torch.Tensor:
     """PNG/JPEG files -> uint8 B,3,H,W (grey expanded to RGB). Errors name the file."""
     out = []
     for p in paths:
-        try:
-            with Image.open(p) as im:
-                out.append(torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1))
-        except Exception as e:
-            raise ValueError(f"cannot read image '{p}': {e}") from e
+        out.append(torch.from_numpy(np.asarray(open_rgb(p), dtype=np.uint8).copy()).permute(2, 0, 1))
     return torch.stack(out)
 
 

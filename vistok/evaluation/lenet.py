@@ -14,13 +14,14 @@ import torch.nn.functional as F
 
 from vistok.modeling import VistokModel
 from vistok.registry import register_model
+from vistok.schema import PosInt
 
 
 @register_model("lenet")
 class LeNet(VistokModel):
     kind = "classifier"
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 32):
+    def __init__(self, num_classes: PosInt = 10, in_channels: PosInt = 1, image_size: PosInt = 32):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 6, 5)
         self.conv2 = nn.Conv2d(6, 16, 5)

@@ -28,6 +28,7 @@ from vistok.modeling import VistokModel
 from vistok.nn.transformer import Block, KVCache, RMSNorm, causal_mask, rope_angles
 from vistok.quantizers.multiscale import split_scales
 from vistok.registry import register_model
+from vistok.schema import NonNegInt, PosFloat, PosInt, PosInts, Prob
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -72,23 +73,23 @@ class ARGenerator(VistokModel):
 
     def __init__(
         self,
-        vocab_size: int = 16384,
-        token_shape: list[int] = (16, 16),
-        num_classes: int = 1000,
-        dim: int = 768,
-        depth: int = 12,
-        heads: int = 12,
-        mlp_ratio: float = 8 / 3,
-        dropout: float = 0.0,
-        class_dropout: float = 0.1,
+        vocab_size: PosInt = 16384,
+        token_shape: PosInts = (16, 16),
+        num_classes: PosInt = 1000,
+        dim: PosInt = 768,
+        depth: PosInt = 12,
+        heads: PosInt = 12,
+        mlp_ratio: PosFloat = 8 / 3,
+        dropout: Prob = 0.0,
+        class_dropout: Prob = 0.1,
         rope: str = "2d",
-        scales: list[int] = (),
+        scales: PosInts = (),
         text_vocab: list[str] = (),
-        text_len: int = 16,
-        text_depth: int = 2,
+        text_len: PosInt = 16,
+        text_depth: NonNegInt = 2,
         grad_checkpointing: bool = False,
         cond_rope: str = "identity",
-        norm_eps: float = 1e-6,
+        norm_eps: PosFloat = 1e-6,
     ):
         super().__init__()
         if rope not in ("1d", "2d"):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from vistok.modeling import VistokModel
 from vistok.registry import register_model
+from vistok.schema import Decay, NonNegInt, PosInt, PosInts
 
 
 # ---- patches with overlap ---------------------------------------------------------------------------
@@ -276,18 +277,18 @@ class SRModel(VistokModel):
 class CATANet(SRModel):
     def __init__(
         self,
-        scale: int = 2,
-        in_channels: int = 3,
-        dim: int = 40,
-        qk_dim: int = 36,
-        mlp_dim: int = 96,
-        heads: int = 4,
-        num_centers: list[int] = (16, 32, 64, 128, 16, 32, 64, 128),
-        group_sizes: list[int] = (256, 128, 64, 32, 256, 128, 64, 32),
-        patch_sizes: list[int] = (16, 20, 24, 28, 16, 20, 24, 28),
-        kmeans_iters: list[int] = (5, 5, 5, 5, 5, 5, 5, 5),
-        ema_decay: float = 0.999,
-        overlap: int = 2,
+        scale: PosInt = 2,
+        in_channels: PosInt = 3,
+        dim: PosInt = 40,
+        qk_dim: PosInt = 36,
+        mlp_dim: PosInt = 96,
+        heads: PosInt = 4,
+        num_centers: PosInts = (16, 32, 64, 128, 16, 32, 64, 128),
+        group_sizes: PosInts = (256, 128, 64, 32, 256, 128, 64, 32),
+        patch_sizes: PosInts = (16, 20, 24, 28, 16, 20, 24, 28),
+        kmeans_iters: PosInts = (5, 5, 5, 5, 5, 5, 5, 5),
+        ema_decay: Decay = 0.999,
+        overlap: NonNegInt = 2,
     ):
         super().__init__()
         lists = {"num_centers": num_centers, "group_sizes": group_sizes, "patch_sizes": patch_sizes, "kmeans_iters": kmeans_iters}

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from vistok.modeling import VistokModel
 from vistok.nn.mamba import Mamba
 from vistok.registry import register_model
+from vistok.schema import NonNegFloat, NonNegInt, PosInt, Prob, Triple
 
 OBJECTIVES = ("random", "next", "next_all")
 
@@ -88,9 +89,9 @@ class _EMBase(VistokModel):
 
 @register_model("tokenunify")
 class TokenUnifyPretrain(_EMBase):
-    def __init__(self, in_channels: int = 1, dim: int = 64, depth: int = 4, patch: list[int] = (2, 8, 8),
-                 d_state: int = 16, expand: int = 2, mask_ratio: float = 0.4, blank: str = "zero",
-                 weights: dict | None = None, schedule: str = "alternate", stage_steps: int = 0):
+    def __init__(self, in_channels: PosInt = 1, dim: PosInt = 64, depth: PosInt = 4, patch: Triple(PosInt) = (2, 8, 8),
+                 d_state: PosInt = 16, expand: PosInt = 2, mask_ratio: Prob = 0.4, blank: str = "zero",
+                 weights: dict | None = None, schedule: str = "alternate", stage_steps: NonNegInt = 0):
         super().__init__(in_channels, dim, depth, patch, d_state, expand)
         weights = dict(weights or {"random": 1.0, "next": 1.0, "next_all": 1.0})
         bad = [k for k in weights if k not in OBJECTIVES]
@@ -166,9 +167,9 @@ class TokenUnifyPretrain(_EMBase):
 
 @register_model("tokenunify_seg")
 class TokenUnifySeg(_EMBase):
-    def __init__(self, in_channels: int = 1, dim: int = 64, depth: int = 4, patch: list[int] = (2, 8, 8),
-                 d_state: int = 16, expand: int = 2, stem_channels: int = 16, seed_threshold: float = 0.9,
-                 max_weight: float = 10.0):
+    def __init__(self, in_channels: PosInt = 1, dim: PosInt = 64, depth: PosInt = 4, patch: Triple(PosInt) = (2, 8, 8),
+                 d_state: PosInt = 16, expand: PosInt = 2, stem_channels: PosInt = 16, seed_threshold: Prob = 0.9,
+                 max_weight: NonNegFloat = 10.0):
         super().__init__(in_channels, dim, depth, patch, d_state, expand)
         c = stem_channels
         self.seed_threshold, self.max_weight = seed_threshold, max_weight

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from vistok.generators.catanet import SRModel, _init, upsampler_convs
 from vistok.registry import register_model
+from vistok.schema import PosInt
 
 
 class WindowAttention(nn.Module):
@@ -96,8 +97,8 @@ class WindowBlock(nn.Module):
 
 @register_model("window_sr")
 class WindowSR(SRModel):
-    def __init__(self, scale: int = 2, in_channels: int = 3, dim: int = 40, heads: int = 4, window: int = 8,
-                 mlp_dim: int = 80, depth: int = 8):
+    def __init__(self, scale: PosInt = 2, in_channels: PosInt = 3, dim: PosInt = 40, heads: PosInt = 4, window: PosInt = 8,
+                 mlp_dim: PosInt = 80, depth: PosInt = 8):
         super().__init__()
         self.scale = scale
         self.shallow = nn.Conv2d(in_channels, dim, 3, padding=1)

@@ -30,6 +30,7 @@ from vistok.generators.entities import EntityLayout
 from vistok.modeling import VistokModel
 from vistok.nn.transformer import Attention, KVCache, RMSNorm, SwiGLU, rope_angles
 from vistok.registry import register_model
+from vistok.schema import NonNegInt, PosFloat, PosInt, PosInts, Prob, Triple
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, discrete: bool = False) -> torch.Tensor:
@@ -75,28 +76,28 @@ class XARGenerator(VistokModel):
 
     def __init__(
         self,
-        latent_shape: list[int] = (16, 16, 16),
-        num_classes: int = 1000,
+        latent_shape: Triple(PosInt) = (16, 16, 16),
+        num_classes: PosInt = 1000,
         entity: str = "cell",
-        cell: int = 8,
-        stride: int = 2,
-        scales: list[int] = (),
-        dim: int = 768,
-        depth: int = 16,
-        heads: int = 12,
-        mlp_ratio: float = 8 / 3,
-        dropout: float = 0.1,
-        class_dropout: float = 0.1,
+        cell: PosInt = 8,
+        stride: PosInt = 2,
+        scales: PosInts = (),
+        dim: PosInt = 768,
+        depth: PosInt = 16,
+        heads: PosInt = 12,
+        mlp_ratio: PosFloat = 8 / 3,
+        dropout: Prob = 0.1,
+        class_dropout: Prob = 0.1,
         noisy_context: bool = True,
         t_mean: float = 0.0,
-        t_std: float = 1.0,
-        steps: int = 40,
-        t_min: float = 0.04,
-        encoder_depth: int = 0,
+        t_std: PosFloat = 1.0,
+        steps: PosInt = 40,
+        t_min: Prob = 0.04,
+        encoder_depth: NonNegInt = 0,
         final_adaln: bool = True,
         bias: bool = False,
         mlp_act: str = "silu",
-        mlp_hidden: int = 0,
+        mlp_hidden: NonNegInt = 0,
         discrete_t: bool = False,
     ):
         super().__init__()

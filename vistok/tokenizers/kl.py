@@ -25,6 +25,7 @@ from diffusers import AutoencoderKL
 
 from vistok.registry import register_model
 from vistok.tokenizers.base import Tokenizer
+from vistok.schema import NonNegFloat, NonNegInts, PosFloat, PosInt, PosInts
 
 
 @register_model("kl")
@@ -33,24 +34,24 @@ class KLAutoencoder(Tokenizer):
 
     def __init__(
         self,
-        image_size: int = 256,
-        in_channels: int = 3,
-        block_out_channels: list[int] = (128, 256, 512, 512, 512),
-        layers_per_block: int = 2,
-        latent_channels: int = 16,
-        norm_num_groups: int = 32,
+        image_size: PosInt = 256,
+        in_channels: PosInt = 3,
+        block_out_channels: PosInts = (128, 256, 512, 512, 512),
+        layers_per_block: PosInt = 2,
+        latent_channels: PosInt = 16,
+        norm_num_groups: PosInt = 32,
         mid_attention: bool = True,
-        attn_down_levels: list[int] = (),
-        scale_factor: float = 1.0,
+        attn_down_levels: NonNegInts = (),
+        scale_factor: PosFloat = 1.0,
         shift_factor: float = 0.0,
-        kl_weight: float = 1e-6,
+        kl_weight: NonNegFloat = 1e-6,
         recon_loss: str = "l1",
         sample_posterior: bool = True,
-        lpips_weight: float = 0.0,
+        lpips_weight: NonNegFloat = 0.0,
         lpips_path: str = "",
-        gan_weight: float = 0.0,
-        disc_ch: int = 64,
-        disc_layers: int = 3,
+        gan_weight: NonNegFloat = 0.0,
+        disc_ch: PosInt = 64,
+        disc_layers: PosInt = 3,
     ):
         super().__init__()
         if recon_loss not in ("l1", "l2"):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from vistok.modeling import VistokModel
 from vistok.nn.vit import ViT
 from vistok.registry import register_model
+from vistok.schema import PosFloat, PosInt
 
 
 def random_affine(x: torch.Tensor, max_rotate: float = 15.0, scale=(0.8, 1.1), max_shift: float = 0.15) -> torch.Tensor:
@@ -42,8 +43,8 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
 class ContrastiveViT(VistokModel):
     kind = "teacher"
 
-    def __init__(self, image_size: int = 32, in_channels: int = 1, patch: int = 4, dim: int = 128, depth: int = 4,
-                 heads: int = 4, proj_dim: int = 64, temperature: float = 0.2):
+    def __init__(self, image_size: PosInt = 32, in_channels: PosInt = 1, patch: PosInt = 4, dim: PosInt = 128, depth: PosInt = 4,
+                 heads: PosInt = 4, proj_dim: PosInt = 64, temperature: PosFloat = 0.2):
         super().__init__()
         self.vit = ViT(image_size, patch, in_channels, dim, depth, heads)
         self.proj = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, proj_dim))

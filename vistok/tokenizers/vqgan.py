@@ -13,6 +13,7 @@ from vistok.nn.conv import Decoder, Encoder
 from vistok.quantizers.vq import VQ
 from vistok.registry import register_model
 from vistok.tokenizers.base import Tokenizer
+from vistok.schema import Decay, NonNegFloat, PosInt, PosInts, Prob
 
 
 @register_model("vqgan")
@@ -20,30 +21,30 @@ class VQGAN(Tokenizer):
 
     def __init__(
         self,
-        image_size: int = 256,
-        in_channels: int = 3,
-        ch: int = 128,
-        ch_mult: list[int] = (1, 1, 2, 2, 4),
-        num_res_blocks: int = 2,
-        z_channels: int = 256,
+        image_size: PosInt = 256,
+        in_channels: PosInt = 3,
+        ch: PosInt = 128,
+        ch_mult: PosInts = (1, 1, 2, 2, 4),
+        num_res_blocks: PosInt = 2,
+        z_channels: PosInt = 256,
         attn_mid: bool = True,
         attn_last_level: bool = False,
         downsample_pad: str = "symmetric",
-        dropout: float = 0.0,
-        codebook_size: int = 16384,
-        codebook_dim: int = 8,
+        dropout: Prob = 0.0,
+        codebook_size: PosInt = 16384,
+        codebook_dim: PosInt = 8,
         l2_norm: bool = True,
         ema: bool = True,
-        decay: float = 0.99,
+        decay: Decay = 0.99,
         kmeans_init: bool = False,
-        dead_code_threshold: float = 0.0,
-        commitment_weight: float = 0.25,
+        dead_code_threshold: NonNegFloat = 0.0,
+        commitment_weight: NonNegFloat = 0.25,
         recon_loss: str = "l2",
-        gan_weight: float = 0.0,
-        lpips_weight: float = 0.0,
+        gan_weight: NonNegFloat = 0.0,
+        lpips_weight: NonNegFloat = 0.0,
         lpips_path: str = "",
-        disc_ch: int = 64,
-        disc_layers: int = 3,
+        disc_ch: PosInt = 64,
+        disc_layers: PosInt = 3,
     ):
         super().__init__()
         if recon_loss not in ("l1", "l2"):

@@ -32,13 +32,23 @@ from vistok.nn.discriminator import hinge_d_loss
 from vistok.training import checkpoint as ckpt
 from vistok.training.ema import attach_ema
 from vistok.training.logging import save_grid, setup_logging
+from vistok.training.run_lock import RunLock, check_run_folder
 
 logger = get_logger("vistok.train")
 FAULT_KILL_ENV = "VISTOK_FAULT_KILL_AT_STEP"  # test hook: SIGKILL this process right after that step
+FAULT_KILL_CKPT_ENV = "VISTOK_FAULT_KILL_IN_CHECKPOINT"  # test hook: SIGKILL while writing that step's checkpoint
 
 
 class TrainingDiverged(RuntimeError):
     """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the partial folder is gone, the previous checkpoints are kept."""
+
+    def __init__(self, message: str, errno_: int | None = None):
+        super().__init__(message)
+        self.errno = errno_
 
 
 class EpochShuffleSampler(Sampler):
@@ -87,22 +97,32 @@ def train(cfg: DictConfig) -> dict:
     )
     setup_logging(accelerator.is_main_process)
     set_seed(t.seed, device_specific=False)
-    if accelerator.is_main_process:
-        os.makedirs(ckpt_dir, exist_ok=True)
-        save_config(cfg, os.path.join(out_dir, "config.yaml"))
+    check_run_folder(out_dir, t.resume)  # every rank, before anything is written
+    accelerator.wait_for_everyone()
+    lock = RunLock(out_dir, force=t.force_unlock) if accelerator.is_main_process else None
+    try:
+        return _train(cfg, accelerator, out_dir, ckpt_dir)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train(cfg: DictConfig, accelerator: Accelerator, out_dir: str, ckpt_dir: str) -> dict:
+    t = cfg.train
     # ---- factories ------------------------------------------------------------------------------
     model = build("model", cfg.model)
-    init_skipped = None
-    if t.init_from and not ckpt.resolve_resume(t.resume, ckpt_dir):
+    check_data_fits(cfg.data, model)  # e.g. a generator's vocabulary against its tokenizer release, before encoding
+    resume_path = _resume_path(accelerator, t, ckpt_dir)
+    if t.init_from and not resume_path:
         from vistok.pipeline import init_from
 
         init_skipped = init_from(model, t.init_from, list(t.init_skip))
         logger.info(f"initialised from {t.init_from}; {len(init_skipped)} keys left to their fresh values "
                     f"(train.init_skip {list(t.init_skip)}): {init_skipped}", main_process_only=True)
     disc = model.build_discriminator() if hasattr(model, "build_discriminator") else None
-    train_set = build_dataset(cfg.data, "train")
-    eval_set = build_dataset(cfg.data, "test")
+    cache = {"cache_dir": os.path.join(out_dir, "token_cache")}  # for datasets that cache (e.g. pre-tokenized codes)
+    train_set = build_dataset(cfg.data, "train", **cache)
+    eval_set = build_dataset(cfg.data, "test", **cache)
     if len(train_set) < t.batch_size * accelerator.num_processes:
         raise ValueError(f"data: the training split has {len(train_set)} items, fewer than one global batch "
                          f"({t.batch_size} x {accelerator.num_processes} processes; train.batch_size)")
@@ -122,12 +142,11 @@ def train(cfg: DictConfig) -> dict:
     raw_disc = accelerator.unwrap_model(disc) if disc is not None else None
     ema = attach_ema(accelerator, raw, t.ema_decay) if t.ema_decay > 0 else None
 
-    # ---- resume -------------------------------------------------------------------------------------
-    step, resume_path = 0, ckpt.resolve_resume(t.resume, ckpt_dir)
-    if resume_path:
-        accelerator.load_state(resume_path)
-        step = int(ckpt.read_state(resume_path)["step"])
-        logger.info(f"resumed from {resume_path} at step {step}")
+    # ---- resume, then the config (only once the saved state has loaded and fits) ----------------------
+    step = _load_resume(accelerator, resume_path, ckpt_dir) if resume_path else 0
+    if accelerator.is_main_process:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        save_config(cfg, os.path.join(out_dir, "config.yaml"))
     summary_path = os.path.join(out_dir, "train_summary.json")
     if step >= t.max_steps and os.path.isfile(summary_path):  # a finished run: nothing to do
         logger.info(f"{out_dir} is already trained to step {step} (train.max_steps={t.max_steps})")
@@ -225,25 +244,75 @@ def train(cfg: DictConfig) -> dict:
 
 
 def save_checkpoint(accelerator: Accelerator, ckpt_dir: str, step: int, cfg: DictConfig) -> str:
+    """Write checkpoint-<step>/ atomically. Any failure while writing (a full disk raises torch's RuntimeError,
+    not OSError) removes the partial folder and raises CheckpointWriteError naming the checkpoint and the cause."""
     final = os.path.join(ckpt_dir, f"checkpoint-{step}")
     tmp = final + ".tmp"
     accelerator.wait_for_everyone()
     try:
+        if accelerator.is_main_process and os.path.isdir(tmp):
+            shutil.rmtree(tmp)  # left by a process killed while writing it
+        accelerator.wait_for_everyone()
         accelerator.save_state(tmp, safe_serialization=True)
-    except OSError as e:  # e.g. the disk filled up: drop the partial folder, keep every complete checkpoint
+        if int(os.environ.get(FAULT_KILL_CKPT_ENV, "-1")) == step:
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: die with the checkpoint half written
+        accelerator.wait_for_everyone()  # every rank's RNG file is in tmp before it is renamed
+        if accelerator.is_main_process:
+            save_config(cfg, os.path.join(tmp, "config.yaml"))
+            ckpt.finalize(tmp, final, {"step": step})
+    except Exception as e:  # drop the partial folder, keep every complete checkpoint
         shutil.rmtree(tmp, ignore_errors=True)
         kept = ckpt.list_checkpoints(ckpt_dir)
-        raise OSError(e.errno, f"could not write checkpoint {final} ({e.strerror or e}); the partial folder was "
-                               f"removed and the latest complete checkpoint is kept: "
-                               f"{kept[-1][1] if kept else 'none yet'}") from e
-    accelerator.wait_for_everyone()  # every rank's RNG file is in tmp before it is renamed
+        raise CheckpointWriteError(f"could not write checkpoint {final} ({type(e).__name__}: {e}); the partial "
+                                   f"folder was removed and the latest complete checkpoint is kept: "
+                                   f"{kept[-1][1] if kept else 'none yet'}", getattr(e, "errno", None)) from e
     if accelerator.is_main_process:
-        save_config(cfg, os.path.join(tmp, "config.yaml"))
-        ckpt.finalize(tmp, final, {"step": step})
         removed = ckpt.prune(ckpt_dir, cfg.train.checkpoints_total_limit)
         logger.info(f"saved {final}" + (f"; pruned {len(removed)}" if removed else ""))
     accelerator.wait_for_everyone()
     return final
+
+
+def check_data_fits(data_cfg, model) -> None:
+    """A dataset class may check the model it will feed before it reads any data (``check_model(cfg, model)``)."""
+    from vistok.registry import lookup
+
+    hook = getattr(lookup("dataset", data_cfg["type"]), "check_model", None)
+    if hook is not None:
+        hook(data_cfg, model)
+
+
+def _resume_path(accelerator, t, ckpt_dir: str) -> str | None:
+    """The checkpoint to resume from (verified; a corrupt newest one is skipped with a warning naming both)."""
+    path = ckpt.resolve_resume(t.resume, ckpt_dir, need=("model.safetensors",))
+    if path is None:
+        return None
+    rng = os.path.join(path, f"random_states_{accelerator.process_index}.pkl")
+    if not os.path.isfile(rng):
+        if not t.resume_inexact:
+            raise ckpt.CorruptCheckpoint(f"checkpoint '{path}' has no RNG state for rank {accelerator.process_index} "
+                                         f"({os.path.basename(rng)}): resuming would not be exact; pass "
+                                         f"train.resume_inexact=true to resume anyway")
+        logger.warning(f"{rng} is missing: resuming without the RNG state (train.resume_inexact=true); the run is "
+                       f"no longer exactly reproducible")
+    return path
+
+
+def _load_resume(accelerator, path: str, ckpt_dir: str) -> int:
+    try:
+        accelerator.load_state(path)
+    except Exception as e:
+        raise ckpt.CorruptCheckpoint(f"checkpoint '{path}' does not fit this config ({type(e).__name__}: "
+                                     f"{str(e)[:500]}); nothing was changed (was model or train changed since it was "
+                                     f"written?)") from e
+    step = int(ckpt.read_state(path)["step"])
+    if accelerator.is_main_process:  # newer checkpoints that failed verification: keep them aside, never prune them
+        for s, p in ckpt.list_checkpoints(ckpt_dir):
+            if s > step:
+                os.replace(p, p + ".corrupt")
+                logger.warning(f"moved the unreadable {p} aside to {p}.corrupt")
+    logger.info(f"resumed from {path} at step {step}")
+    return step
 
 
 def constant_cosine_factor(step: int, warmup: int, decay_start: int, total: int, min_ratio: float) -> float:
