@@ -38,7 +38,12 @@ QUICK_GEN = ["train.max_steps=20", "model.vocab_size=64", "model.dim=32", "model
 CFG_SCALE = 2.0
 
 
+REWRITES_OWN_OUTPUT = ("release.py", "sample.py", "evaluate.py")  # a demo re-run replaces what the last one wrote
+
+
 def stage(name, timings, args):
+    if args[0] in REWRITES_OWN_OUTPUT and "--out" in args:
+        args = [*args, "--overwrite"]  # only ever replaces vistok's own releases, samples and results
     print(f"\n=== {name}: {' '.join(args)}", flush=True)
     t0 = time.time()
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -12,6 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vistok.cli import add_debug, run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -20,12 +21,13 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--write", action="store_true", help="store scale_factor / shift_factor in the release's config")
+    add_debug(p)
     args = p.parse_args(argv)
     import torch
 
     from vistok.data.base import build_dataset
     from vistok.pipeline import Pipeline
-    from vistok.training.checkpoint import atomic_write_json
+    from vistok.io import atomic_write_json
 
     pipe = Pipeline.from_pretrained(args.tokenizer)
     tok = pipe.tokenizer
@@ -50,4 +52,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -13,10 +13,12 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
 import tarfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vistok.cli import add_debug, run  # noqa: E402
 from vistok.data.images import ImageFolder  # noqa: E402
 
 
@@ -33,7 +35,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--per-shard", type=int, default=5000)
     p.add_argument("--captions", default="")
+    add_debug(p)
     args = p.parse_args(argv)
+    own = re.compile(rf"^{re.escape(args.split)}-\d{{6}}\.tar(\.tmp)?$")
+    foreign = sorted(f for f in os.listdir(args.out) if not own.match(f)) if os.path.isdir(args.out) else []
+    if foreign:  # resuming only ever skips our own finished shards
+        raise ValueError(f"--out {args.out}: holds {', '.join(foreign[:5])}, which are not {args.split} shards of this "
+                         f"script; nothing was written (choose a new or empty folder)")
     ds = ImageFolder(args.root, args.split, image_size=1, captions=args.captions, flip=False)
     os.makedirs(args.out, exist_ok=True)
     n_shards, written = (len(ds) + args.per_shard - 1) // args.per_shard, 0
@@ -59,4 +67,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

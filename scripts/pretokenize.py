@@ -14,6 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vistok.cli import add_debug, run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -24,6 +25,7 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=10000)
     p.add_argument("--cache-dir", default="", help="where the cache goes (default $VISTOK_CACHE/tokens); train with "
                                                    "data.cache_dir=<the same folder> to use it")
+    add_debug(p)
     args = p.parse_args(argv)
     import torch
     from accelerate import PartialState
@@ -42,4 +44,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vistok.cli import add_debug, run  # noqa: E402
 from vistok.data.mnist import MNIST  # noqa: E402
+from vistok.io import atomic_write_json, guard_output_dir, write_release_dir  # noqa: E402
 from vistok.evaluation.lenet import LeNet, class_accuracy, fd_lenet  # noqa: E402
 
 
@@ -28,13 +30,16 @@ def shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> torch.Tens
     return torch.stack([pad[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offs)])
 
 
-def main():
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="checkpoints/fd_lenet")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default="results/fd_lenet.json")
-    args = p.parse_args()
+    p.add_argument("--overwrite", action="store_true", help="replace an existing release at --out (atomically)")
+    add_debug(p)
+    args = p.parse_args(argv)
+    guard_output_dir(args.out, "--out", args.overwrite)
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     train, test = MNIST("train"), MNIST("test")
@@ -58,14 +63,13 @@ def main():
     floor = fd_lenet(model, train.images[torch.randperm(len(train), generator=g)[:500]], test.images)
     blur = fd_lenet(model, _blur(test.images), test.images)
     noise = fd_lenet(model, torch.rand_like(test.images) * 2 - 1, test.images)
-    model.save_pretrained(args.out)
+    write_release_dir(args.out, model.save_pretrained, args.overwrite)
     result = {"heldout_accuracy": acc, "fd_floor_500_train_vs_heldout": floor, "fd_blur_sigma1": blur,
               "fd_uniform_noise": noise, "epochs": args.epochs, "seconds": round(time.time() - t0, 1),
               "weights": args.out}
-    os.makedirs(os.path.dirname(args.results), exist_ok=True)
-    with open(args.results, "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(args.results, result)
     print(json.dumps(result))
+    return 0
 
 
 def _blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
@@ -75,4 +79,4 @@ def _blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -222,6 +222,9 @@ def _coerce(val, typ, key: str, source: str):
         val = OmegaConf.to_container(val, resolve=True)
     if typing.get_origin(typ) is typing.Annotated:
         base, *meta = typing.get_args(typ)
+        for m in meta:  # a list of the wrong length is named as such before its items are checked
+            if isinstance(m, Length) and isinstance(val, (list, tuple)) and not m.ok(val):
+                raise ConfigError(f"{source}: '{key}' = {val!r}; expected {m.describe()}", key)
         val = _coerce(val, base, key, source)
         for m in meta:
             if isinstance(m, (Range, Length)) and val is not None and not m.ok(val):

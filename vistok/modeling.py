@@ -40,6 +40,9 @@ class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_u
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isdir(path):
             return cls._load_local(path, **kwargs)
+        if not looks_like_repo_id(path):
+            raise FileNotFoundError(f"'{path}' {'is a file, not' if os.path.exists(path) else 'does not exist; expected'} "
+                                    f"a vistok model folder (config.json + model.safetensors)")
         return super().from_pretrained(path, **kwargs)  # a Hub repo id: the mixin downloads, then _from_pretrained
 
     @classmethod
@@ -67,6 +70,14 @@ class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_u
         hf_hub_download(model_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir, token=token,
                         local_files_only=local_files_only)
         return cls._load_local(folder, map_location=map_location)
+
+
+def looks_like_repo_id(path: str) -> bool:
+    """``org/name`` and nothing local: anything else that is not a folder is a local path that is missing."""
+    import re
+
+    return (re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None and not os.path.exists(path)
+            and not os.path.isdir(path.split("/")[0]))
 
 
 def read_model_config(path: str) -> dict:
