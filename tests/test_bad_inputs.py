@@ -13,6 +13,9 @@ The list (README "Reliability"); each line: the input -> where it is tested.
   test_convert.py: refused by weights-only loading without running
 - an official checkpoint with missing / unexpected keys -> test_convert.py
 - NaN/inf loss or gradient -> test_trainer.py (stop naming step and term; or skip)
+- outputs that would lose a user's files, run folders and locks, damaged checkpoints, SIGKILL mid-checkpoint,
+  bad sampling options, image modes, one-line CLI errors -> test_data_safety.py; every declared range of every
+  config -> test_ranges.py
 """
 import errno
 import json

@@ -67,6 +67,8 @@ def test_every_numeric_setting_declares_a_range():
     missing = []
     for kind, table in (("model", MODELS), ("dataset", DATASETS)):
         for name, cls in sorted(table.items()):
+            if not cls.__module__.startswith("vistok."):
+                continue  # a model another test registers
             params, hints = _init_params(cls)
             for key in params:
                 h = hints.get(key)
