@@ -155,7 +155,7 @@ def test_cascade_pipeline_samples_and_upscales(tmp_path):
     torch.manual_seed(0)
     tok = VQGAN(image_size=16, in_channels=1, ch=8, ch_mult=[1, 2], num_res_blocks=1, z_channels=8, codebook_size=16)
     gen = ARGenerator(vocab_size=16, token_shape=(8, 8), num_classes=10, dim=32, depth=1, heads=2)
-    Pipeline(tok, gen, CATANet(scale=2, **TINY)).save_pretrained(str(tmp_path / "cascade"))
+    Pipeline(tokenizer=tok, generator=gen, sr=CATANet(scale=2, **TINY)).save_pretrained(str(tmp_path / "cascade"))
     run_cli(["sample.py", "--pipeline", str(tmp_path / "cascade"), "--out", str(tmp_path / "s"),
              "--class-labels", "1", "2", "3"])
     from PIL import Image

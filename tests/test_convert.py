@@ -146,7 +146,7 @@ def test_converted_llamagen_pipeline_samples_from_the_cli(tmp_path):
     save_file(official_gpt(), gpt)
     out = tmp_path / "rel"
     proc = run_cli(["convert.py", "llamagen", "--vq", vq, "--gpt", gpt, "--out", str(out), "--image-size", "8"])
-    assert '"stages": ["tokenizer", "generator"]' in proc.stdout
+    assert '"components": ["tokenizer", "generator"]' in proc.stdout
     args = ["sample.py", "--pipeline", str(out), "--class-labels", "0", "3", "--cfg-scale", "1.5", "--seed", "1", "--npz"]
     run_cli(args + ["--out", str(tmp_path / "eager")])
     run_cli(args + ["--out", str(tmp_path / "compiled"), "--compile"])  # torch.compile'd blocks and decoder

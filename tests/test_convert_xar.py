@@ -208,7 +208,7 @@ def test_convert_cli_builds_an_xar_pipeline_that_samples(tmp_path):
     gen = save(tmp_path, "xAR-T.pth", official_xar(grid=2, clusters=4, dim=64, heads=4), wrap=None)
     out = run_cli(["convert.py", "xar", "--vae", vae, "--ckpt", gen, "--heads", "4", "--image-size", "4",
                    "--out", str(tmp_path / "xar")]).stdout
-    assert '"stages": ["tokenizer", "generator"]' in out.strip().splitlines()[-1]
+    assert '"components": ["tokenizer", "generator"]' in out.strip().splitlines()[-1]
     run_cli(["sample.py", "--pipeline", str(tmp_path / "xar"), "--class-labels", "1", "2", "--steps", "2",
              "--out", str(tmp_path / "s")])
     assert (tmp_path / "s" / "00001.png").is_file()

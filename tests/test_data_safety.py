@@ -70,6 +70,21 @@ def release_dir(run_dir):
     return out
 
 
+@pytest.fixture(scope="module")
+def gen_release(release_dir):
+    from vistok.pipeline import release
+
+    run = release_dir.parent / "gen"
+    train(load_config(os.path.join(ROOT, "configs/ar/mnist.yaml"), [
+        f"data.tokenizer={release_dir}", "model.vocab_size=32", "model.token_shape=[16,16]", "model.dim=16",
+        "model.depth=1", "model.heads=2", "train.max_steps=1", "train.batch_size=16", f"train.output_dir={run}",
+        "train.log_with=none", "train.progress=false", "train.eval_every=0", "train.image_every=0",
+        "train.mixed_precision=no"]))
+    out = release_dir.parent / "gen_rel"
+    release(str(out), tokenizer=str(release_dir), generator=str(run))
+    return out
+
+
 # ---- outputs ------------------------------------------------------------------------------------------------
 def test_release_into_its_own_run_folder_is_refused(run_dir, capsys):
     before = tree(run_dir)
@@ -376,8 +391,8 @@ def test_a_read_only_release_can_be_trained_on(release_dir, tmp_path):
 @pytest.mark.parametrize("option, value", [("--num-images", "0"), ("--per-class", "0"), ("--batch-size", "0"),
                                            ("--top-k", "-3"), ("--cfg-scale", "nan"), ("--temperature", "-1"),
                                            ("--top-p", "2"), ("--seed", "-1")])
-def test_bad_sampling_options_are_named(option, value, tmp_path, capsys):
-    rc, err = cli("sample", ["--pipeline", tmp_path, "--out", tmp_path / "o", option, value], capsys)
+def test_bad_sampling_options_are_named(option, value, gen_release, tmp_path, capsys):
+    rc, err = cli("sample", ["--pipeline", gen_release, "--out", tmp_path / "o", option, value], capsys)
     assert rc == 2 and f"argument {option}: '{value}'" in err and ("expected a" in err)
     assert not (tmp_path / "o").exists()
 

@@ -34,7 +34,7 @@ def test_demo_quick_writes_the_contract(quick_demo):
     assert "samples/grid.png" in report and "samples_cfg/grid.png" in report
     assert os.path.isfile(out / "samples_cfg" / "grid.png")
     meta = json.loads((rel / "pipeline.json").read_text())
-    assert set(meta["stages"]) == {"tokenizer", "generator"}
+    assert set(meta["components"]) == {"tokenizer", "generator"} and meta["pipeline_type"] == "class-to-image"
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"tokenizer": tok, "generator": gen}
 
 

@@ -81,7 +81,7 @@ def test_latent_cache_with_flip(tmp_path):
 
     torch.manual_seed(0)
     tok = KLAutoencoder(**TINY)
-    Pipeline(tok, data={"type": "mnist", "limit": 40}).save_pretrained(str(tmp_path / "rel"))
+    Pipeline(tokenizer=tok, data={"type": "mnist", "limit": 40}).save_pretrained(str(tmp_path / "rel"))
     ds = TokenDataset(str(tmp_path / "rel"), "train", batch_size=16, chunk=16, flip=True)
     assert ds.key == "latents" and ds.codes.dtype == torch.float32 and ds.codes.shape == (40, 2, 2, 16, 16)
     with torch.no_grad():

@@ -33,7 +33,8 @@ def test_release_round_trip_equals_original(trained_run, tmp_path):
     rel = tmp_path / "rel"
     release(str(rel), tokenizer=trained_run)
     meta = json.loads((rel / "pipeline.json").read_text())
-    assert meta["stages"] == {"tokenizer": "tokenizer"} and meta["data"]["type"] == "mnist"
+    assert meta["components"] == {"tokenizer": {"path": "tokenizer", "model_type": "vqgan"}} and meta["data"]["type"] == "mnist"
+    assert meta["pipeline_type"] == "reconstruction" and meta["format_version"] == 2
     cfg = json.loads((rel / "tokenizer" / "config.json").read_text())
     assert cfg["model_type"] == "vqgan" and cfg["codebook_size"] == 32
     x = torch.rand(4, 1, 32, 32) * 2 - 1
@@ -66,8 +67,12 @@ def test_wrong_model_type_and_bad_files(trained_run, tmp_path):
     meta = json.loads((rel / "pipeline.json").read_text())
     os.rename(rel / "tokenizer", rel / "tok_old")
     os.rename(tmp_path / "lenet", rel / "tokenizer")
-    with pytest.raises(ValueError, match="cannot be the 'tokenizer' stage"):
+    with pytest.raises(ValueError, match="component 'tokenizer' should be a 'vqgan', .* holds a 'lenet'"):
         Pipeline.from_pretrained(str(rel))
+    (rel / "pipeline.json").write_text(json.dumps({**meta, "components": {"tokenizer": {"path": "tokenizer", "model_type": "lenet"}}}))
+    with pytest.raises(ValueError, match=r"a 'lenet' model \(classifier\) cannot be the 'tokenizer' component"):
+        Pipeline.from_pretrained(str(rel))
+    (rel / "pipeline.json").write_text(json.dumps(meta))
     os.rename(rel / "tokenizer", tmp_path / "lenet")
     os.rename(rel / "tok_old", rel / "tokenizer")
     # truncated safetensors

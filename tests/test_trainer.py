@@ -132,8 +132,11 @@ def test_train_cli_reports_config_errors():
     assert proc.returncode == 2 and "unknown key 'train.max_stepz'" in proc.stderr
 
 
-def test_registered_test_models_do_not_leak():
-    assert "vqgan" in MODELS
+def test_registered_test_models_do_not_replace_vistoks():
+    from vistok.registry import lookup
+    from vistok.tokenizers.vqgan import VQGAN
+
+    assert lookup("model", "vqgan") is VQGAN and MODELS["test_nan_after"].model_type == "test_nan_after"
 
 
 def test_two_cpu_processes_train_and_checkpoint(tmp_path):

@@ -97,7 +97,7 @@ def test_release_round_trip_samples(tmp_path):
                         latent_channels=2, norm_num_groups=4, mid_attention=False)
     gen = XARGenerator(latent_shape=list(tok.latent_shape), num_classes=10, entity="cell", cell=4, dim=32, depth=1,
                        heads=2, steps=3)
-    Pipeline(tok, gen, data={"type": "mnist"}).save_pretrained(str(tmp_path / "rel"))
+    Pipeline(tokenizer=tok, generator=gen, data={"type": "mnist"}).save_pretrained(str(tmp_path / "rel"))
     pipe = Pipeline.from_pretrained(str(tmp_path / "rel"))
     a = pipe(class_labels=[1, 2], seed=3, cfg_scale=2.0)
     b = Pipeline.from_pretrained(str(tmp_path / "rel"))(class_labels=[1, 2], seed=3, cfg_scale=2.0)
@@ -113,7 +113,7 @@ def test_release_round_trip_samples(tmp_path):
     assert (tmp_path / "s" / "00001.png").is_file()
     bad = XARGenerator(latent_shape=[3, 8, 8], num_classes=10, entity="cell", cell=4, dim=32, depth=1, heads=2)
     with pytest.raises(ValueError, match="latent_shape"):
-        Pipeline(tok, bad).save_pretrained(str(tmp_path / "bad")) or Pipeline.from_pretrained(str(tmp_path / "bad"))
+        Pipeline(tokenizer=tok, generator=bad).save_pretrained(str(tmp_path / "bad")) or Pipeline.from_pretrained(str(tmp_path / "bad"))
 
 
 def test_xar_b_has_the_official_parameter_count():

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vistok.schema import Decay, Length, NonNegFloat, NonNegInt, Pair, PosFloat, PosInt, Range, is_finite
 
 SECTIONS = ("model", "data", "train", "sample", "eval")
+CONFIG_FORMAT = 1  # the format number saved configs carry (with vistok_version); a newer one is refused
 
 
 class ConfigError(ValueError):
@@ -136,7 +137,13 @@ def _attribute(e: ConfigError, path: str, overrides) -> ConfigError:
 
 def validate(cfg: DictConfig, source: str = "<config>", name: str | None = None) -> DictConfig:
     """Check every section; return a new config with defaults filled in."""
-    unknown = [k for k in cfg.keys() if k not in SECTIONS and k != "name"]
+    version = cfg.get("format_version", 1)
+    if not isinstance(version, int) or version > CONFIG_FORMAT:
+        from vistok import __version__
+
+        raise ConfigError(f"{source}: a config of format {version} (vistok {cfg.get('vistok_version', '?')}); this vistok "
+                          f"({__version__}) reads formats up to {CONFIG_FORMAT}: upgrade vistok")
+    unknown = [k for k in cfg.keys() if k not in SECTIONS and k not in ("name", "vistok_version", "format_version")]
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; expected sections {SECTIONS} (and 'name')")
     out: dict[str, Any] = {"name": cfg.get("name", name or "run")}
@@ -280,7 +287,10 @@ def _typename(typ) -> str:
 def save_config(cfg: DictConfig, path: str) -> None:
     from vistok.io import atomic_write_text
 
-    atomic_write_text(path, OmegaConf.to_yaml(cfg))
+    from vistok import __version__
+
+    stamped = OmegaConf.merge(cfg, {"vistok_version": __version__, "format_version": CONFIG_FORMAT})
+    atomic_write_text(path, OmegaConf.to_yaml(stamped))
 
 
 def build(kind: str, section, **extra):

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_model
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+MODEL_FORMAT = 1  # config.json's format number; files without one (vistok 0.1.0) are format 1
 
 
 class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_url="https://github.com/vistok/vistok"):
@@ -28,7 +29,7 @@ class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_u
         cfg = dict(self._hub_mixin_config or {})
         from vistok import __version__
 
-        return {"model_type": self.model_type, **cfg, "vistok_version": __version__}
+        return {"model_type": self.model_type, **cfg, "vistok_version": __version__, "format_version": MODEL_FORMAT}
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_model(self, str(Path(save_directory) / WEIGHTS_NAME))
@@ -49,7 +50,7 @@ class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_u
     def _load_local(cls, path: str, map_location: str = "cpu", **overrides):
         cfg = read_model_config(path)
         model_cls = resolve_class(cls, cfg, path)
-        kwargs = {k: v for k, v in cfg.items() if k not in ("model_type", "vistok_version")}
+        kwargs = {k: v for k, v in cfg.items() if k not in ("model_type", "vistok_version", "format_version")}
         kwargs.update(overrides)
         try:
             model = model_cls(**kwargs)
@@ -91,6 +92,12 @@ def read_model_config(path: str) -> dict:
         raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
     if not isinstance(cfg, dict) or not cfg.get("model_type"):
         raise ValueError(f"{cfg_path}: missing required key 'model_type'")
+    version = cfg.get("format_version", 1)
+    if not isinstance(version, int) or version > MODEL_FORMAT:
+        from vistok import __version__
+
+        raise ValueError(f"{cfg_path}: a model config of format {version} (vistok {cfg.get('vistok_version', '?')}); "
+                         f"this vistok ({__version__}) reads formats up to {MODEL_FORMAT}: upgrade vistok")
     return cfg
 
 

@@ -17,6 +17,7 @@ stored; the paper's are assumed (a centre count is checked against the ``means``
 from __future__ import annotations
 
 from vistok.convert.common import Taker, count_indexed, load_converted, read_checkpoint
+from vistok.registry import register_converter
 
 PAPER = dict(dim=40, qk_dim=36, mlp_dim=96, heads=4)
 
@@ -69,3 +70,16 @@ def convert_catanet(path: str, **overrides):
         _ffn(t, f"{old}.1.layer.1.fn", f"{lrsa}.ffn")
         t.copy(f"mid_convs.{i}", f"blocks.{i}.conv")
     return load_converted(model, t.finish(), path)
+
+
+@register_converter("catanet")
+class CATANetConverter:
+    help = "BasicSR CATANet checkpoints -> catanet (a super-resolution pipeline)"
+
+    @staticmethod
+    def add_arguments(p) -> None:
+        p.add_argument("--ckpt", required=True, help="CATANet checkpoint (CATANet-x2.pth ...)")
+
+    @staticmethod
+    def convert(args) -> tuple[dict, dict, dict]:
+        return {"sr": convert_catanet(args.ckpt)}, {"sr": args.ckpt}, {}

@@ -21,6 +21,7 @@ import torch
 
 from vistok.convert import conv_stack
 from vistok.convert.common import Taker, count_indexed, load_converted, read_checkpoint
+from vistok.registry import register_converter
 
 
 def convert_vq(path: str, image_size: int = 256):
@@ -81,3 +82,22 @@ def convert_gpt(path: str, head_dim: int = 64, grid: int | None = None):
     t.out["norm.weight"] = t.get("norm.weight")
     t.out["head.weight"] = t.get("output.weight")
     return load_converted(model, t.finish(), path)
+
+
+@register_converter("llamagen")
+class LlamaGenConverter:
+    help = "LlamaGen VQ-16/VQ-8 (+ a class-conditional GPT) -> vqgan (+ ar)"
+
+    @staticmethod
+    def add_arguments(p) -> None:
+        p.add_argument("--vq", required=True, help="LlamaGen VQ checkpoint (.pt / .safetensors)")
+        p.add_argument("--gpt", help="LlamaGen class-conditional GPT checkpoint")
+        p.add_argument("--image-size", type=int, default=256, help="the VQ's training resolution")
+        p.add_argument("--head-dim", type=int, default=64, help="GPT: dim per head (64 for B/L/XL/XXL/3B)")
+
+    @staticmethod
+    def convert(args) -> tuple[dict, dict, dict]:
+        comps = {"tokenizer": convert_vq(args.vq, image_size=args.image_size)}
+        if args.gpt:
+            comps["generator"] = convert_gpt(args.gpt, head_dim=args.head_dim)
+        return comps, {"tokenizer": args.vq, **({"generator": args.gpt} if args.gpt else {})}, {}

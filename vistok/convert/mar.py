@@ -19,6 +19,7 @@ single-head attention scales by C^-1/2 as LDM's, the posterior's log-variance is
 from __future__ import annotations
 
 from vistok.convert.common import Taker, count_indexed, load_converted, read_checkpoint
+from vistok.registry import register_converter
 
 MAR_SCALE = 0.2325
 
@@ -91,3 +92,19 @@ def convert_kl16(path: str, image_size: int = 256, scale_factor: float = MAR_SCA
     t.copy("decoder.conv_out", "vae.decoder.conv_out")
     model = KLAutoencoder(image_size=image_size, scale_factor=scale_factor, shift_factor=shift_factor, **arch)
     return load_converted(model, t.finish(), path)
+
+
+@register_converter("mar-kl16")
+class KL16Converter:
+    help = "MAR's KL-16 VAE -> kl"
+
+    @staticmethod
+    def add_arguments(p) -> None:
+        p.add_argument("--vae", required=True, help="MAR's KL-16 VAE checkpoint (kl16.ckpt)")
+        p.add_argument("--vae-scale", type=float, default=MAR_SCALE, help="KL-16 latent scale (MAR: 0.2325)")
+        p.add_argument("--image-size", type=int, default=256, help="the training resolution")
+
+    @staticmethod
+    def convert(args) -> tuple[dict, dict, dict]:
+        return ({"tokenizer": convert_kl16(args.vae, image_size=args.image_size, scale_factor=args.vae_scale)},
+                {"tokenizer": args.vae}, {})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from vistok.convert import conv_stack
 from vistok.convert.common import Taker, count_indexed, load_converted, read_checkpoint
+from vistok.registry import register_converter
 
 SCALES = {
     "clipb": [1, 2, 4, 6, 8, 10, 12, 14],
@@ -69,3 +70,18 @@ def convert_tokenflow(path: str, scales: list[int] | None = None, teacher: str |
         skipped[top] = skipped.get(top, 0) + 1
     model = load_converted(model, t.finish(), path)
     return model, {"not_converted": skipped, "scales": scales}
+
+
+@register_converter("tokenflow")
+class TokenFlowConverter:
+    help = "TokenFlow tokenizers -> tokenflow (decodes codes exactly; the CLIP tower is not converted)"
+
+    @staticmethod
+    def add_arguments(p) -> None:
+        p.add_argument("--ckpt", required=True, help="TokenFlow tokenizer checkpoint")
+        p.add_argument("--scales", type=int, nargs="+", help="the scales (default from the file name's teacher)")
+
+    @staticmethod
+    def convert(args) -> tuple[dict, dict, dict]:
+        tokenizer, info = convert_tokenflow(args.ckpt, scales=args.scales)
+        return {"tokenizer": tokenizer}, {"tokenizer": args.ckpt}, info

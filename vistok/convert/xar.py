@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from vistok.convert.common import Taker, count_indexed, load_converted, read_checkpoint
+from vistok.registry import register_converter
 
 HEADS = {768: 12, 1024: 16, 1280: 16}
 ADA_ORDER = (4, 2, 0, 5, 3, 1)  # vistok's chunk k <- the release's chunk ADA_ORDER[k]
@@ -100,3 +101,24 @@ def convert_xar(path: str, heads: int | None = None, steps: int = 40):
     t.copy("time_embed.mlp.0", "t_mlp.0")
     t.copy("time_embed.mlp.2", "t_mlp.2")
     return load_converted(model, t.finish(), path)
+
+
+@register_converter("xar")
+class XARConverter:
+    help = "the official xAR generators (+ MAR's KL-16) -> kl + xar"
+
+    @staticmethod
+    def add_arguments(p) -> None:
+        from vistok.convert.mar import KL16Converter
+
+        KL16Converter.add_arguments(p)
+        p.add_argument("--ckpt", required=True, help="xAR generator checkpoint (xAR-B.pth ...)")
+        p.add_argument("--heads", type=int, help="attention heads (default from the width: B 12, L/H 16)")
+
+    @staticmethod
+    def convert(args) -> tuple[dict, dict, dict]:
+        from vistok.convert.mar import KL16Converter
+
+        comps, sources, info = KL16Converter.convert(args)
+        comps["generator"], sources["generator"] = convert_xar(args.ckpt, heads=args.heads), args.ckpt
+        return comps, sources, info

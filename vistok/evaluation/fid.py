@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from vistok.data.images import IMAGE_EXTENSIONS
+from vistok.evaluation.task import Task
+from vistok.registry import register_task
 from vistok.io import open_rgb
 from vistok.weights import read_state_dict
 
@@ -189,3 +191,33 @@ def compute_fid(samples: str, reference: str, weights_path: str | None, kid: boo
         result["kid_mean"], result["kid_std"] = float(k["kernel_inception_distance_mean"]), float(k["kernel_inception_distance_std"])
     result["protocol"] = "torch-fidelity inception-v3-compat pool3 features; FID vs " + os.path.basename(reference)
     return result
+
+
+@register_task("fid")
+class FIDTask(Task):
+    help = "FID/IS (and KID) with torch-fidelity's inception-v3-compat, local weights"
+    distributed = True
+    samples_flag = True
+
+    @classmethod
+    def add_arguments(cls, p) -> None:
+        from vistok.cli import ranged
+
+        p.add_argument("--samples", required=True, help="folder of PNG/JPEG samples")
+        p.add_argument("--reference", help="folder of reference images, or an .npz with mu/sigma (and features for KID)")
+        p.add_argument("--inception-weights", default=os.environ.get("VISTOK_INCEPTION_WEIGHTS", ""),
+                       help="local path of the inception-v3-compat weights (.pth or .safetensors)")
+        p.add_argument("--kid", action="store_true", help="also KID (needs reference features)")
+        p.add_argument("--batch-size", type=ranged(int, 1), default=50)
+        p.add_argument("--save-stats", help="write the samples' statistics to this .npz (features too with --kid)")
+
+    @classmethod
+    def run(cls, args) -> dict:
+        if args.save_stats and not args.reference:
+            stats, _ = inception_stats(inception_extractor(args.inception_weights), args.samples, args.batch_size, args.kid)
+            stats.save(args.save_stats)
+            return {"saved": args.save_stats, "num_images": stats.n}
+        if not args.reference:
+            raise ValueError("fid: --reference DIR|stats.npz is required (or --save-stats to only write statistics)")
+        return compute_fid(args.samples, args.reference, args.inception_weights, kid=args.kid,
+                           batch_size=args.batch_size, save_stats=args.save_stats)

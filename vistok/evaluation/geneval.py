@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vistok.evaluation.task import Task
+from vistok.registry import register_task
+
 THRESHOLD, COUNTING_THRESHOLD, MAX_OBJECTS, POSITION_THRESHOLD = 0.3, 0.9, 16, 0.1
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
@@ -206,3 +209,27 @@ def build_detector(name: str):
         return ShapesDetector()
     raise ValueError(f"detector '{name}': expected 'shapes' (a real detector plugs in through "
                      f"vistok.evaluation.geneval_detectors.MMDetDetector in Python)")
+
+
+@register_task("geneval")
+class GenEvalTask(Task):
+    help = "GenEval score of a folder in the official layout (<00000>/metadata.jsonl + samples/)"
+    samples_flag = True
+
+    @classmethod
+    def add_arguments(cls, p) -> None:
+        p.add_argument("--samples", required=True)
+        p.add_argument("--detector", default="shapes", help="'shapes': the exact ShapesWorld detector")
+        p.add_argument("--ceiling", action="store_true", help="also score real scenes rendered for the same prompts")
+
+    @classmethod
+    def run(cls, args) -> dict:
+        detector = build_detector(args.detector)
+        result, rows = evaluate_folder(args.samples, detector)
+        if args.ceiling:
+            from vistok.evaluation.shapes_prompts import detector_ceiling
+
+            result["detector_ceiling"] = detector_ceiling(detector, [m for m, _ in read_folder(args.samples)])["overall"]
+        result["protocol"] = (f"GenEval rules (thresholds 0.3 / 0.9 counting, max 16 per class, position shrink 0.1), "
+                              f"detector '{args.detector}'")
+        return result

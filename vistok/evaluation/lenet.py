@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vistok.modeling import VistokModel
-from vistok.registry import register_model
+from vistok.evaluation.task import Task
+from vistok.registry import register_model, register_task
 from vistok.schema import PosInt
 
 
@@ -106,3 +107,27 @@ def evaluate_digit_samples(samples_dir: str, lenet_path: str, labels: list[int] 
             raise ValueError(f"{samples_dir}: {len(labels)} labels for {len(imgs)} images")
         out["class_accuracy"] = class_accuracy(lenet, imgs, torch.tensor(labels))
     return out
+
+
+@register_task("classify")
+class ClassifyTask(Task):
+    help = "FD-LeNet vs held-out digits, the real-vs-real floor, class accuracy"
+    samples_flag = True
+
+    @classmethod
+    def add_arguments(cls, p) -> None:
+        p.add_argument("--samples", required=True)
+        p.add_argument("--labels-from", help="sampling.json with a 'labels' list (default: SAMPLES/sampling.json when present)")
+        p.add_argument("--lenet", default="checkpoints/fd_lenet")
+
+    @classmethod
+    def run(cls, args) -> dict:
+        import json
+        import os
+
+        labels_file = args.labels_from or os.path.join(args.samples, "sampling.json")
+        labels = None
+        if os.path.isfile(labels_file):
+            with open(labels_file, encoding="utf-8") as fh:
+                labels = json.load(fh).get("labels")
+        return evaluate_digit_samples(args.samples, args.lenet, labels)

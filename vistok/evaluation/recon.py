@@ -10,6 +10,8 @@ from vistok.data.base import build_dataset
 from vistok.evaluation.distributed import all_gather, shard
 from vistok.evaluation.image_metrics import ReconstructionMeter
 from vistok.evaluation.lenet import fd_lenet, load_lenet
+from vistok.evaluation.task import Task
+from vistok.registry import register_task
 
 
 @torch.no_grad()
@@ -40,3 +42,25 @@ def evaluate_reconstruction(pipe, batch_size: int = 100, max_images: int = 0, le
         result["protocol"] += "; fd_lenet = FD-LeNet of reconstructions vs the originals"
     result["seconds"] = round(time.time() - t0, 2)
     return result
+
+
+@register_task("recon")
+class ReconTask(Task):
+    help = "tokenizer metrics on the held-out split: PSNR, SSIM, codebook usage, perplexity, FD-LeNet"
+    distributed = True
+
+    @classmethod
+    def add_arguments(cls, p) -> None:
+        from vistok.cli import ranged
+        from vistok.config import EvalConfig
+
+        p.add_argument("--pipeline", required=True)
+        p.add_argument("--batch-size", type=ranged(int, 1), default=EvalConfig.batch_size)
+        p.add_argument("--max-images", type=ranged(int, 0), default=EvalConfig.max_images, help="0: the whole held-out split")
+        p.add_argument("--lenet", default=EvalConfig.lenet, help="FD-LeNet classifier folder")
+
+    @classmethod
+    def run(cls, args) -> dict:
+        from vistok.pipelines.base import Pipeline
+
+        return evaluate_reconstruction(Pipeline.from_pretrained(args.pipeline), args.batch_size, args.max_images, args.lenet)

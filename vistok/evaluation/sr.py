@@ -18,6 +18,9 @@ import math
 import numpy as np
 import torch
 
+from vistok.evaluation.task import Task
+from vistok.registry import register_task
+
 Y_WEIGHTS = (65.481, 128.553, 24.966)
 
 
@@ -172,3 +175,23 @@ def evaluate_sr(model_path: str, data: str = "skimage", split: str = "test", til
             "data": data, "split": split, "inference": f"tiled {tile} px, overlap {tile_overlap}" if tile else "whole image",
             "protocol": "Y = MATLAB rgb2ycbcr (16-235, peak 255), border crop = scale, SSIM 11x11 Gaussian sigma 1.5, "
                         "LR by MATLAB bicubic imresize, float output clamped to [0, 1]"}
+
+
+@register_task("sr")
+class SRTask(Task):
+    help = "super-resolution: Y-PSNR / Y-SSIM (border = scale) per image and mean, bicubic alongside"
+
+    @classmethod
+    def add_arguments(cls, p) -> None:
+        from vistok.cli import ranged
+
+        p.add_argument("--model", required=True, help="a pipeline folder with an sr component, or a training run folder")
+        p.add_argument("--data", default="skimage", help="'skimage' (its held-out photos), an image folder, or a benchmark "
+                                                          "folder in BasicSR's layout (Set5/HR, Set5/LR_bicubic/X2)")
+        p.add_argument("--split", default="test")
+        p.add_argument("--tile", type=ranged(int, 0), default=0, help="LR tile size for big images (0: whole-image inference)")
+        p.add_argument("--tile-overlap", type=ranged(int, 0), default=16, help="LR pixels shared by neighbouring tiles on each side")
+
+    @classmethod
+    def run(cls, args) -> dict:
+        return evaluate_sr(args.model, args.data, args.split, args.tile, args.tile_overlap)

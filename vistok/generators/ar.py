@@ -18,6 +18,9 @@ a full forward pass per token.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Annotated, Literal
+
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
@@ -28,7 +31,7 @@ from vistok.modeling import VistokModel
 from vistok.nn.transformer import Block, KVCache, RMSNorm, causal_mask, rope_angles
 from vistok.quantizers.multiscale import split_scales
 from vistok.registry import register_model
-from vistok.schema import NonNegInt, PosFloat, PosInt, PosInts, Prob
+from vistok.schema import NonNegFloat, NonNegInt, PosFloat, PosInt, PosInts, Prob, Range
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -67,9 +70,50 @@ def cfg_scales(scale: float, schedule: str, length: int) -> list[float]:
     raise ValueError(f"cfg_schedule '{schedule}': expected 'constant' or 'linear'")
 
 
+@dataclasses.dataclass
+class ARSamplingOptions:
+    """What sampling from the AR generator takes (``sample.py`` builds its flags from this)."""
+    cfg_scale: NonNegFloat = dataclasses.field(default=1.0, metadata={"help": "classifier-free guidance (1: none)"})
+    cfg_schedule: Literal["constant", "linear"] = dataclasses.field(default="constant", metadata={
+        "help": "guidance constant, or ramped linearly from 1 over the tokens / scales"})
+    temperature: PosFloat = 1.0
+    top_k: NonNegInt = dataclasses.field(default=0, metadata={"help": "0: off"})
+    top_p: Annotated[float, Range(0, 1, lo_open=True)] = dataclasses.field(default=1.0, metadata={"help": "1: off"})
+    use_cache: bool = dataclasses.field(default=True, metadata={"flag": "--no-cache",
+                                                                "help": "recompute every token (reference; slow)"})
+
+
 @register_model("ar")
 class ARGenerator(VistokModel):
     kind = "generator"
+    drive_priority = 2
+    SamplingOptions = ARSamplingOptions
+
+    @classmethod
+    def default_pipeline(cls, config: dict) -> str:
+        return "text-to-image" if config.get("text_vocab") else "class-to-image"
+
+    def check_fits(self, components: dict) -> None:
+        """This generator must speak its tokenizer's vocabulary on its token layout."""
+        tok = components.get("tokenizer")
+        if tok is None:
+            return
+        if getattr(tok, "codebook_size", None) is None:
+            raise ValueError(f"a '{tok.model_type}' tokenizer has no codebook (continuous latents); the discrete "
+                             f"'{self.model_type}' generator needs codes")
+        if self.vocab_size != tok.codebook_size:
+            raise ValueError(f"generator vocab_size {self.vocab_size} != tokenizer codebook_size {tok.codebook_size}")
+        tok_scales = list(getattr(tok, "scales", []) or [])
+        if tok_scales or self.scales:
+            if tok_scales != list(self.scales):
+                raise ValueError(f"generator scales {list(self.scales)} != tokenizer scales {tok_scales} (a multi-scale "
+                                 f"tokenizer needs a next-scale generator with the same scales)")
+        elif tuple(self.token_shape) != tuple(tok.token_shape):
+            raise ValueError(f"generator token_shape {tuple(self.token_shape)} != tokenizer token_shape {tuple(tok.token_shape)}")
+
+    def compile_for_sampling(self, mode: str | None = None) -> None:
+        for blk in self.blocks:  # dynamic shapes: the prefill and the one-token / one-scale steps share a graph
+            blk.compile(mode=mode, dynamic=True)
 
     def __init__(
         self,

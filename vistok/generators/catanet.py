@@ -25,6 +25,8 @@ vistok's [-1, 1]. Training batches are {"lr", "hr"} pairs (``data.type: sr_pairs
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -235,12 +237,44 @@ def upsample(x: torch.Tensor, convs: nn.ModuleList) -> torch.Tensor:
     return x
 
 
+@dataclasses.dataclass
+class SRSamplingOptions:
+    """Inference of an SR stage (``sample.py`` builds its flags from this)."""
+    tile: NonNegInt = dataclasses.field(default=0, metadata={"help": "LR tile size for big images (0: whole images)"})
+    tile_overlap: NonNegInt = dataclasses.field(default=16, metadata={"help": "LR pixels neighbouring tiles share per side"})
+
+
 class SRModel(VistokModel):
     """What the SR stages share: the skeleton (``shallow`` conv -> ``blocks`` -> + shallow -> ``up`` pixel
     shuffle -> ``last`` conv -> + bilinear LR), the L1 objective on {"lr", "hr"} pairs in [0, 1], held-out
     PSNR-Y, pictures. Subclasses build those four parts; the blocks are what differs."""
 
     kind = "sr"
+    drive_priority = 0  # alone: a super-resolution pipeline; after a generator: its cascade stage
+    SamplingOptions = SRSamplingOptions
+
+    @classmethod
+    def default_pipeline(cls, config: dict) -> str:
+        return "super-resolution"
+
+    @property
+    def in_channels(self) -> int:
+        return self.shallow.in_channels
+
+    def check_fits(self, components: dict) -> None:
+        """As a cascade stage: the images it gets have its channels (grey goes through an RGB model as 3 equal ones)."""
+        tok = components.get("tokenizer")
+        c = getattr(tok, "in_channels", None) if tok is not None else None
+        if c is not None and c != self.in_channels and not (c == 1 and self.in_channels == 3):
+            raise ValueError(f"sr stage takes {self.in_channels}-channel images; the tokenizer makes {c}-channel ones")
+
+    def upscale_image(self, lr: torch.Tensor, tile: int = 0, tile_overlap: int = 16) -> torch.Tensor:
+        """``upscale``, tiled when ``tile`` > 0 (tiles overlapping by ``tile_overlap`` LR pixels, averaged)."""
+        if not tile:
+            return self.upscale(lr)
+        from vistok.evaluation.sr import tiled_upscale
+
+        return tiled_upscale(self, lr, tile, tile_overlap)
 
     def upscale(self, lr: torch.Tensor) -> torch.Tensor:
         """LR B,C,h,w in [0, 1] -> SR B,C,scale*h,scale*w (not clamped)."""

@@ -19,7 +19,9 @@ cache clean (t = 0). ``use_cache=False`` recomputes the whole prefix at every st
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -30,7 +32,7 @@ from vistok.generators.entities import EntityLayout
 from vistok.modeling import VistokModel
 from vistok.nn.transformer import Attention, KVCache, RMSNorm, SwiGLU, rope_angles
 from vistok.registry import register_model
-from vistok.schema import NonNegInt, PosFloat, PosInt, PosInts, Prob, Triple
+from vistok.schema import NonNegFloat, NonNegInt, PosFloat, PosInt, PosInts, Prob, Triple
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, discrete: bool = False) -> torch.Tensor:
@@ -69,10 +71,44 @@ def em_drift(x: torch.Tensor, v: torch.Tensor, t: float, noise: float = 1.0) -> 
     return v + noise * (x + (1 - t) * v)
 
 
+@dataclasses.dataclass
+class XARSamplingOptions:
+    """What sampling from xAR takes (``sample.py`` builds its flags from this)."""
+    cfg_scale: NonNegFloat = dataclasses.field(default=1.0, metadata={"help": "classifier-free guidance (1: none)"})
+    cfg_schedule: Literal["constant", "linear"] = dataclasses.field(default="linear", metadata={
+        "help": "guidance ramped linearly across entities (xAR), or constant"})
+    steps: NonNegInt = dataclasses.field(default=0, metadata={"help": "flow-matching steps per entity (0: the model's)"})
+    solver: Literal["euler", "euler-maruyama"] = "euler-maruyama"
+    noise: NonNegFloat = dataclasses.field(default=1.0, metadata={"help": "euler-maruyama: SDE noise (0 = the ODE)"})
+    use_cache: bool = dataclasses.field(default=True, metadata={"flag": "--no-cache",
+                                                                "help": "recompute every entity (reference; slow)"})
+
+
 @register_model("xar")
 class XARGenerator(VistokModel):
     kind = "generator"
     continuous = True
+    drive_priority = 2
+    SamplingOptions = XARSamplingOptions
+
+    @classmethod
+    def default_pipeline(cls, config: dict) -> str:
+        return "class-to-image"
+
+    def check_fits(self, components: dict) -> None:
+        """A continuous generator needs a continuous tokenizer with the same latent shape."""
+        tok = components.get("tokenizer")
+        if tok is None:
+            return
+        lat = tuple(getattr(tok, "latent_shape", ()) or ())
+        if getattr(tok, "codebook_size", 0) is not None or lat != tuple(self.latent_shape):
+            raise ValueError(f"a continuous generator (latent_shape {tuple(self.latent_shape)}) needs a continuous "
+                             f"tokenizer with the same latent_shape; got a '{tok.model_type}' tokenizer with "
+                             f"{lat or 'discrete codes'}")
+
+    def compile_for_sampling(self, mode: str | None = None) -> None:
+        for blk in getattr(self, "blocks", []):
+            blk.compile(mode=mode, dynamic=True)
 
     def __init__(
         self,

@@ -9,6 +9,16 @@ from vistok.modeling import VistokModel
 
 class Tokenizer(VistokModel):
     kind = "tokenizer"
+    drive_priority = 1  # alone in a release, a tokenizer makes a reconstruction pipeline
+
+    @classmethod
+    def default_pipeline(cls, config: dict) -> str:
+        return "reconstruction"
+
+    def compile_for_sampling(self, mode: str | None = None) -> None:
+        decoder = getattr(self, "decoder", None)
+        if decoder is not None:
+            decoder.compile(mode=mode)
     codebook_size: int
     lpips_weight: float = 0.0
     lpips_path: str = ""

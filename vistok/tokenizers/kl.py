@@ -86,7 +86,7 @@ class KLAutoencoder(Tokenizer):
         z = post.sample(generator) if sample else post.mean
         return (z - self.shift_factor) * self.scale_factor
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, generator: torch.Generator | None = None, **options) -> torch.Tensor:
         return self.vae.decode(latents / self.scale_factor + self.shift_factor).sample
 
     def reconstruct(self, images: torch.Tensor):

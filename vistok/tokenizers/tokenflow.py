@@ -149,7 +149,7 @@ class TokenFlow(Tokenizer):
         """images -> codes B,L (the scales' code maps flattened in scale order)."""
         return self.quantizer.flatten(self.quantize(images)[1])
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor, generator: torch.Generator | None = None, **options) -> torch.Tensor:
         """codes B,L (all scales) or a list of per-scale maps (a prefix decodes coarsely) -> images."""
         maps = self.quantizer.unflatten(codes) if torch.is_tensor(codes) else codes
         return self.decode_features(self.quantizer.decode_codes(maps))

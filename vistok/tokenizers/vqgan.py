@@ -74,7 +74,7 @@ class VQGAN(Tokenizer):
         """images B,C,H,W in [-1, 1] -> codes B,h,w (int64)."""
         return self.quantize(images)[1]
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor, generator: torch.Generator | None = None, **options) -> torch.Tensor:
         """codes B,h,w -> images B,C,H,W (model range, about [-1, 1])."""
         return self.decoder(self.post_quant_conv(self.quantizer.lookup(codes)))
 

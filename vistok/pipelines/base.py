@@ -1,0 +1,254 @@
+"""The pipeline base: any number of named components, a registered ``pipeline_type``, one release format.
+
+    checkpoints/NAME/pipeline.json   {"format": "vistok-pipeline", "format_version": 2, "vistok_version": ...,
+                                      "pipeline_type": "class-to-image",
+                                      "components": {"tokenizer": {"path": "tokenizer", "model_type": "vqgan"}, ...},
+                                      "data": {...}, "sources": {...}}
+    checkpoints/NAME/<component>/    config.json + model.safetensors (a VistokModel each)
+
+A pipeline class (registered with ``@register_pipeline("name")``) declares the components it needs
+(``requires``) and may take (``optional``), checks that they fit each other through methods the components
+declare (``check_fits``), the command-line inputs of ``sample.py`` (``add_arguments``) and what sampling
+writes (``sample``). The base names no model and no system. Older ``pipeline.json`` files (format 1:
+``stages``) are migrated on load; a newer format is refused naming both versions.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from vistok.io import atomic_write_json, atomic_write_text, is_run_dir, read_json, write_release_dir
+from vistok.modeling import VistokModel
+
+PIPELINE_NAME = "pipeline.json"
+FORMAT, FORMAT_VERSION = "vistok-pipeline", 2
+
+
+def not_a_release(path: str) -> str:
+    """Why ``path`` cannot be loaded as a release, and what to do instead."""
+    if not os.path.exists(path):
+        return f"'{path}' does not exist (expected a vistok release folder, e.g. checkpoints/NAME)"
+    if not os.path.isdir(path):
+        return f"'{path}' is a file, not a folder (expected a vistok release folder, e.g. checkpoints/NAME)"
+    if is_run_dir(path):
+        return (f"'{path}' is a training run, not a release; release it first: `python release.py --stage NAME={path} "
+                f"--out checkpoints/NAME`, then pass checkpoints/NAME")
+    return f"'{path}' is not a vistok pipeline: {PIPELINE_NAME} is missing"
+
+
+def migrate(meta: dict, where: str) -> dict:
+    """pipeline.json of any known format -> the current one (in memory)."""
+    from vistok import __version__
+
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a vistok pipeline (expected \"format\": \"{FORMAT}\")")
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{where}: written in pipeline format {version} by vistok {meta.get('vistok_version', '?')}; "
+                         f"this vistok ({__version__}) reads formats up to {FORMAT_VERSION}: upgrade vistok")
+    if version == 1:  # {"stages": {role: subfolder}}; the type follows from the components (see default_type)
+        stages = meta.get("stages")
+        if not isinstance(stages, dict) or not stages:
+            raise ValueError(f"{where}: expected 'stages' (pipeline format 1) naming at least one component")
+        meta = {**meta, "format_version": FORMAT_VERSION, "pipeline_type": None,
+                "components": {name: {"path": sub, "model_type": None} for name, sub in stages.items()}}
+        meta.pop("stages")
+    comps = meta.get("components")
+    if not isinstance(comps, dict) or not comps or not all(isinstance(c, dict) and "path" in c for c in comps.values()):
+        raise ValueError(f"{where}: expected 'components': {{name: {{\"path\": ..., \"model_type\": ...}}}}")
+    return meta
+
+
+def read_meta(path: str) -> dict:
+    """The migrated pipeline.json of a release folder, every component's ``model_type`` filled in and the
+    pipeline type decided (component configs are read, no weights)."""
+    from vistok.modeling import read_model_config
+
+    meta_path = os.path.join(path, PIPELINE_NAME)
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(not_a_release(path))
+    meta = migrate(read_json(meta_path, "pipeline file"), meta_path)
+    configs = {}
+    for name, entry in meta["components"].items():
+        configs[name] = read_model_config(os.path.join(path, entry["path"]))
+        entry["model_type"] = entry.get("model_type") or configs[name]["model_type"]
+    if not meta.get("pipeline_type"):
+        meta["pipeline_type"] = default_type({n: (_model_class(c["model_type"]), c) for n, c in configs.items()})
+    return meta
+
+
+def _model_class(model_type: str):
+    from vistok.registry import lookup
+
+    try:
+        return lookup("model", model_type)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+
+
+def default_type(components: dict) -> str:
+    """The pipeline type the components' driver declares: of ``{name: (model class, config dict)}`` (or model
+    instances), the one with the highest ``drive_priority`` (a generator over a tokenizer over an SR stage)
+    names its ``default_pipeline(config)``."""
+    pairs = {n: (c if isinstance(c, tuple) else (type(c), c.config_dict())) for n, c in components.items()}
+    cls, config = max(pairs.values(), key=lambda p: getattr(p[0], "drive_priority", -1))
+    hook = getattr(cls, "default_pipeline", None)
+    name = hook(config) if hook is not None else None
+    if not name:
+        raise ValueError(f"no component of {sorted(components)} names a pipeline type; pass one (--pipeline-type)")
+    return name
+
+
+def pipeline_class(name: str):
+    from vistok.registry import lookup
+
+    try:
+        return lookup("pipeline", name)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+
+
+class Pipeline:
+    """Named components + the data config the first component was trained on (its held-out split)."""
+
+    requires: dict[str, str] = {}  # component name -> the ``kind`` its model must declare
+    optional: dict[str, str] = {}
+    writers: tuple[str, ...] = ("png",)  # output writers sample.py uses by default
+    data_from: str = ""  # the component whose training data defines the held-out split (default: the first required)
+
+    def __init__(self, components: dict | None = None, data: dict | None = None, info: dict | None = None, **named):
+        self.components = {k: v for k, v in {**(components or {}), **named}.items() if v is not None}
+        self.data = data
+        self.info = info or {}
+
+    def __getattr__(self, name):  # pipe.tokenizer, pipe.generator ...: a component, or None if this one has none
+        if name.startswith("_") or name in ("components", "data", "info"):
+            raise AttributeError(name)
+        return self.__dict__.get("components", {}).get(name)
+
+    @property
+    def stages(self) -> dict:  # the components, in the name of format 1
+        return self.components
+
+    @property
+    def pipeline_type(self) -> str:
+        return getattr(type(self), "registered_name", "") or default_type(self.components)
+
+    @classmethod
+    def for_components(cls, components: dict, pipeline_type: str | None = None, **kw) -> "Pipeline":
+        """A pipeline of the type given, or of the type the components' driver declares."""
+        return pipeline_class(pipeline_type or default_type(components))(components, **kw)
+
+    # ---- checks ---------------------------------------------------------------------------------
+    @classmethod
+    def roles(cls) -> dict:
+        return {**cls.requires, **cls.optional}
+
+    def check(self, where: str = "pipeline") -> None:
+        """Every required component present, of the kind its role needs; then the components fit each other."""
+        if type(self) is Pipeline:  # built from components alone: check as the type they call for
+            return Pipeline.for_components(self.components, data=self.data).check(where)
+        missing = [n for n in self.requires if n not in self.components]
+        extra = [n for n in self.components if n not in self.roles()]
+        if missing or extra:
+            raise ValueError(f"{where}: a '{self.pipeline_type}' pipeline needs components {sorted(self.requires)}"
+                             f"{' (optionally ' + str(sorted(self.optional)) + ')' if self.optional else ''}; got "
+                             f"{sorted(self.components)}")
+        for name, model in self.components.items():
+            if getattr(model, "kind", None) != self.roles()[name]:
+                raise ValueError(f"{where}: a '{model.model_type}' model ({getattr(model, 'kind', '?')}) cannot be the "
+                                 f"'{name}' component (a {self.roles()[name]})")
+        self.check_components()
+
+    def check_components(self) -> None:
+        """Each component that declares ``check_fits(other)`` checks the components it consumes."""
+        for name, model in self.components.items():
+            fits = getattr(model, "check_fits", None)
+            if fits is not None:
+                fits(self.components)
+
+    # ---- loading and saving -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str) -> "Pipeline":
+        meta = read_meta(path)
+        meta_path = os.path.join(path, PIPELINE_NAME)
+        components = {}
+        for name, entry in meta["components"].items():
+            sub = os.path.join(path, entry["path"])
+            model = VistokModel.from_pretrained(sub)
+            if entry.get("model_type") and entry["model_type"] != model.model_type:
+                raise ValueError(f"{meta_path}: component '{name}' should be a '{entry['model_type']}', {sub} holds a "
+                                 f"'{model.model_type}'")
+            components[name] = model
+        klass = pipeline_class(meta["pipeline_type"])
+        if cls is not Pipeline and not issubclass(klass, cls):
+            raise ValueError(f"{path} is a '{klass.registered_name}' pipeline, not a {cls.__name__}")
+        pipe = klass(components, data=meta.get("data"), info=meta)
+        pipe.check(meta_path)
+        return pipe
+
+    def save_pretrained(self, path: str, card: str | None = None, sources: dict | None = None,
+                        overwrite: bool = False) -> None:
+        """Write the release beside ``path`` and swap it in atomically; refused before anything is written when
+        ``path`` holds anything but a vistok release, and for an existing release unless ``overwrite``."""
+        from vistok import __version__
+
+        self.check("release")
+
+        def write(tmp):
+            for name, model in self.components.items():
+                model.save_pretrained(os.path.join(tmp, name))
+            meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "vistok_version": __version__,
+                    "pipeline_type": self.pipeline_type, "data": self.data, "sources": sources or {},
+                    "components": {n: {"path": n, "model_type": m.model_type} for n, m in self.components.items()}}
+            atomic_write_json(os.path.join(tmp, PIPELINE_NAME), meta)
+            if card:
+                atomic_write_text(os.path.join(tmp, "README.md"), card)
+
+        write_release_dir(path, write, overwrite)
+
+    def to(self, device) -> "Pipeline":
+        for m in self.components.values():
+            m.to(device)
+        return self
+
+    @property
+    def device(self):
+        return next(next(iter(self.components.values())).parameters()).device
+
+    def compile(self, mode: str | None = None) -> "Pipeline":
+        """torch.compile what each component says sampling spends its time in (``compile_for_sampling``)."""
+        for m in self.components.values():
+            hook = getattr(m, "compile_for_sampling", None)
+            if hook is not None:
+                hook(mode)
+        return self
+
+    # ---- sampling (sample.py) ---------------------------------------------------------------------------
+    @classmethod
+    def option_classes(cls, components_meta: dict) -> list:
+        """The sampling-options dataclasses of the component classes (from pipeline.json, no weights read)."""
+        from vistok.registry import lookup
+
+        out = []
+        for entry in components_meta.values():
+            if entry.get("model_type"):
+                opts = getattr(lookup("model", entry["model_type"]), "SamplingOptions", None)
+                if opts is not None:
+                    out.append(opts)
+        return out
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """The inputs sample.py takes for this pipeline (class labels, prompts, an image folder ...)."""
+
+    def sample(self, args, options: dict, out: str, state) -> dict:  # pragma: no cover - each class has its own
+        raise NotImplementedError(f"a '{self.pipeline_type}' pipeline does not sample")
+
+    def __call__(self, *args, **kwargs):
+        raise ValueError(f"this is a '{self.pipeline_type}' pipeline (components {sorted(self.components)}) with no "
+                         f"generator stage to sample from; release one with --stage generator=RUN")
+
+    def generator_seed(self, seed: int | None):
+        return torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
