@@ -50,14 +50,20 @@ def _register(kind: str, name: str):
     def deco(cls):
         if name in table and table[name] is not cls:
             raise ValueError(f"{kind} '{name}' is registered twice ({table[name].__name__}, {cls.__name__})")
-        table[name] = cls
-        if kind == "model":
-            cls.model_type = name
-        if kind in ("pipeline", "task", "writer", "converter"):
-            cls.registered_name = name
-        return cls
+        return _record(kind, name, cls)
 
     return deco
+
+
+def _record(kind: str, name: str, cls):
+    """Enter ``cls`` under ``name``; a model's ``model_type`` (saved in config.json) and every other class's
+    ``registered_name`` become that name."""
+    _TABLES[kind][name] = cls
+    if kind == "model":
+        cls.model_type = name
+    else:
+        cls.registered_name = name
+    return cls
 
 
 def register_model(name: str):
@@ -103,13 +109,8 @@ def _from_path(kind: str, name: str) -> type:
         raise KeyError(f"{kind} type '{name}': cannot import module '{module}' ({e}); is it on PYTHONPATH?") from None
     except AttributeError:
         raise KeyError(f"{kind} type '{name}': module '{module}' has no '{attr}'") from None
-    table = _TABLES[kind]
-    if table.get(name) is not obj:
-        table[name] = obj
-        if kind == "model":
-            obj.model_type = name  # saved in config.json: the release loads wherever the module imports
-        elif kind in ("pipeline", "task", "writer", "converter"):
-            obj.registered_name = name
+    if _TABLES[kind].get(name) is not obj:
+        _record(kind, name, obj)  # the release of a plug-in model loads wherever its module imports
     return obj
 
 

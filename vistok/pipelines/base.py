@@ -78,13 +78,18 @@ def read_meta(path: str) -> dict:
     return meta
 
 
-def _model_class(model_type: str):
+def _lookup(kind: str, name: str):
+    """A registered class, with an unknown name as a ValueError (a bad file, not a bug)."""
     from vistok.registry import lookup
 
     try:
-        return lookup("model", model_type)
+        return lookup(kind, name)
     except KeyError as e:
         raise ValueError(e.args[0]) from None
+
+
+def _model_class(model_type: str):
+    return _lookup("model", model_type)
 
 
 def default_type(components: dict) -> str:
@@ -101,12 +106,7 @@ def default_type(components: dict) -> str:
 
 
 def pipeline_class(name: str):
-    from vistok.registry import lookup
-
-    try:
-        return lookup("pipeline", name)
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
+    return _lookup("pipeline", name)
 
 
 class Pipeline:
