@@ -153,3 +153,16 @@ def test_two_cpu_processes_train_and_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = os.listdir(tmp_path / "run" / "checkpoints" / "checkpoint-4")
     assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors"} <= set(files)
+
+
+def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch, caplog):
+    import vistok.training.trainer as tr
+
+    monkeypatch.setattr(tr.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert tr._mixed_precision("bf16") == "no" and "no native bf16" in caplog.text
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)
+    assert tr._mixed_precision("bf16") == "bf16" and tr._mixed_precision("fp16") == "fp16"
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: None)  # cannot tell: as requested
+    assert tr._mixed_precision("bf16") == "bf16"

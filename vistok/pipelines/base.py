@@ -118,6 +118,9 @@ class Pipeline:
     data_from: str = ""  # the component whose training data defines the held-out split (default: the first required)
 
     def __init__(self, components: dict | None = None, data: dict | None = None, info: dict | None = None, **named):
+        if components is not None and not isinstance(components, dict):
+            raise TypeError("Pipeline(components): a dict {name: model}, or the components by name: "
+                            "Pipeline(tokenizer=..., generator=...)")
         self.components = {k: v for k, v in {**(components or {}), **named}.items() if v is not None}
         self.data = data
         self.info = info or {}

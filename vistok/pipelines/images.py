@@ -88,6 +88,8 @@ class ReconstructionPipeline(ImagePipeline):
             inputs.append(x)
             recons.append(self.reconstruct(x))
         save_images(torch.cat(recons), out, grid_pairs=torch.cat(inputs))
+        for w in args.writers:  # the PNGs are written above (with the input/output grid); e.g. npz reads them
+            w.finish(n)
         return {"mode": "reconstruct", "num_images": n, "split": "test", "data": self.data}
 
 
