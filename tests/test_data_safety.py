@@ -212,6 +212,14 @@ def test_an_existing_run_is_never_restarted_over(run_dir):
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
     from vistok.training.run_lock import RunBusy
 
+    hf = tmp_path.parent / (tmp_path.name + "-hf")
+    other = hf / "checkpoints" / "checkpoint-500"  # another tool's run: pruning must never reach it
+    other.mkdir(parents=True)
+    (other / "trainer_state.json").write_text('{"step": 500}')
+    with pytest.raises(RunBusy, match="not a training run .*checkpoints"):
+        train(load_config(MNIST, TINY_RUN + [f"train.output_dir={hf}"]))
+    assert (other / "trainer_state.json").read_text() == '{"step": 500}'
+
     (tmp_path / "paper.pdf").write_text("x")
     with pytest.raises(RunBusy, match="not a training run .*paper.pdf"):
         train(load_config(MNIST, TINY_RUN + [f"train.output_dir={tmp_path}"]))

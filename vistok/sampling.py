@@ -88,6 +88,9 @@ def _foreign_entries(out: str, listed: set[str]) -> list[str]:
     foreign = []
     for name in sorted(os.listdir(out)):
         path = os.path.join(out, name)
+        if os.path.islink(path):  # never followed: what it points to is not ours
+            foreign.append(name)
+            continue
         if os.path.isfile(path) and (_OWN_FILE.match(name) or name in listed):
             continue
         if os.path.isdir(path) and name == "sr" and not _foreign_entries(path, set()):

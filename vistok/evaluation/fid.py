@@ -197,7 +197,6 @@ def compute_fid(samples: str, reference: str, weights_path: str | None, kid: boo
 class FIDTask(Task):
     help = "FID/IS (and KID) with torch-fidelity's inception-v3-compat, local weights"
     distributed = True
-    samples_flag = True
 
     @classmethod
     def add_arguments(cls, p) -> None:

@@ -214,7 +214,6 @@ def build_detector(name: str):
 @register_task("geneval")
 class GenEvalTask(Task):
     help = "GenEval score of a folder in the official layout (<00000>/metadata.jsonl + samples/)"
-    samples_flag = True
 
     @classmethod
     def add_arguments(cls, p) -> None:

@@ -112,7 +112,6 @@ def evaluate_digit_samples(samples_dir: str, lenet_path: str, labels: list[int] 
 @register_task("classify")
 class ClassifyTask(Task):
     help = "FD-LeNet vs held-out digits, the real-vs-real floor, class accuracy"
-    samples_flag = True
 
     @classmethod
     def add_arguments(cls, p) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 class Task:
     help: str = ""
     distributed: bool = False  # runs under torchrun / accelerate launch: ranks evaluate disjoint shards
-    samples_flag: bool = False  # takes --samples DIR (refused while a sample.py run there is unfinished)
 
     @classmethod
     def add_arguments(cls, parser) -> None:

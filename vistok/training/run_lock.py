@@ -53,7 +53,9 @@ def check_run_folder(out_dir: str, resume: str) -> None:
     if is_run_dir(out_dir) and not resume:
         raise RunBusy(f"train.output_dir '{out_dir}' already holds a training run; continue it with "
                       f"train.resume=latest, or choose a fresh folder (train.output_dir=runs/NEW); nothing was changed")
-    others = sorted(set(os.listdir(out_dir)) - set(RUN_MARKERS) - {"logs", "samples", LOCK_NAME, "token_cache"})
+    # outside a run only what a training that stopped before writing config.yaml leaves: the pruning and
+    # checkpoint clean-up below <run>/checkpoints must never reach a folder of another tool (e.g. HF's checkpoint-N)
+    others = sorted(set(os.listdir(out_dir)) - {LOCK_NAME, "token_cache"})
     if others and not is_run_dir(out_dir):
         raise RunBusy(f"train.output_dir '{out_dir}' is a folder that is not a training run (it holds "
                       f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); choose a fresh folder")
