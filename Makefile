@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-shapes demo-xar test setup clean bench
+.PHONY: demo demo-shapes demo-xar test test-fast setup clean bench
 
 setup: $(STAMP)
 
@@ -25,7 +25,12 @@ demo-xar: $(STAMP)
 	$(BIN)/python scripts/demo_xar.py
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -n 2 -q
+
+test-fast: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/trainer_overhead.py

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
         guard_result_file(args.out, args.overwrite)  # before the work, not after it
     if getattr(args, "samples", None):
-        from vistok.sampling import check_complete
+        from vistok.image_files import check_complete
 
         check_complete(args.samples)
     state = None
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             state.destroy_process_group()  # exiting with live gloo/nccl threads aborts the process
     if not main_process:
         return 0
-    from vistok import __version__
+    from vistok.version import __version__
 
     result = {**result, "task": args.cmd, "vistok_version": __version__}
     if args.out:

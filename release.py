@@ -33,11 +33,11 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing vistok release at --out (atomically)")
     add_debug(p)
     args = p.parse_args(argv)
-    from vistok.pipeline import release
+    from vistok.pipelines.release import release
 
     if args.model:
         from vistok.io import guard_output_dir, write_release_dir
-        from vistok.pipeline import model_from_run
+        from vistok.loading import model_from_run
 
         guard_output_dir(args.out, "--out", args.overwrite)
         model, _, info = model_from_run(args.model)

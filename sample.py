@@ -31,7 +31,7 @@ import torch
 from accelerate import PartialState
 
 from vistok.cli import add_debug, ranged, run
-from vistok.sampling import clear_samples, guard_samples_dir, start_samples, write_json
+from vistok.image_files import clear_samples, guard_samples_dir, start_samples, write_json
 
 
 def build_parser(pipeline: str | None):
@@ -51,7 +51,8 @@ def build_parser(pipeline: str | None):
     add_debug(p)
     cls, meta = None, None
     if pipeline and os.path.isfile(os.path.join(pipeline, "pipeline.json")):
-        from vistok.pipelines.base import pipeline_class, read_meta
+        from vistok.pipelines.base import pipeline_class
+        from vistok.release_format import read_meta
 
         meta = read_meta(pipeline)
         cls = pipeline_class(meta["pipeline_type"])
@@ -78,14 +79,14 @@ def _main(argv=None) -> int:
     pre.add_argument("--pipeline")
     known, _ = pre.parse_known_args(argv)
     if known.pipeline and not os.path.isfile(os.path.join(known.pipeline, "pipeline.json")):
-        from vistok.pipelines.base import not_a_release
+        from vistok.release_format import not_a_release
 
         if not {"-h", "--help"} & set(argv or sys.argv[1:]):
             raise FileNotFoundError(not_a_release(known.pipeline))
     parser, cls, meta = build_parser(known.pipeline)
     args = parser.parse_args(argv)
     guard_samples_dir(args.out, args.overwrite, inputs=[getattr(args, "images", None), args.pipeline])  # before any work
-    from vistok import __version__
+    from vistok.version import __version__
     from vistok.pipelines.base import Pipeline
     from vistok.pipelines.options import collect
     from vistok.pipelines.writers import build_writers

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vistok.config import load_config  # noqa: E402
 from vistok.evaluation.sr import evaluate_sr  # noqa: E402
-from vistok.generators.catanet import CATANet  # noqa: E402
-from vistok.generators.window_sr import WindowSR  # noqa: E402
+from vistok.sr.catanet import CATANet  # noqa: E402
+from vistok.sr.window_sr import WindowSR  # noqa: E402
 from vistok.training.trainer import train  # noqa: E402
 
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vistok.config import load_config  # noqa: E402
 from vistok.data.mnist import MNIST  # noqa: E402
-from vistok.evaluation.image_metrics import ReconstructionMeter  # noqa: E402
-from vistok.pipeline import model_from_run  # noqa: E402
+from vistok.metrics.image import ReconstructionMeter  # noqa: E402
+from vistok.loading import model_from_run  # noqa: E402
 from vistok.training.trainer import train  # noqa: E402
 
 

@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vistok.config import load_config  # noqa: E402
 from vistok.data.mnist import MNIST  # noqa: E402
 from vistok.evaluation.lenet import class_accuracy, fd_lenet, load_lenet  # noqa: E402
-from vistok.pipeline import Pipeline, model_from_run  # noqa: E402
+from vistok.pipelines.base import Pipeline  # noqa: E402
+from vistok.loading import model_from_run
 from vistok.training.trainer import train  # noqa: E402
 
 

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     import torch
 
     from vistok.data.base import build_dataset
-    from vistok.pipeline import Pipeline
+    from vistok.pipelines.base import Pipeline
     from vistok.io import atomic_write_json
 
     pipe = Pipeline.from_pretrained(args.tokenizer)

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())  # joins torchrun's process group when there is one
-    from vistok.data.tokens import TokenDataset
+    from vistok.caches.tokens import TokenDataset
 
     out = {}
     for split in args.splits:

@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vistok.cli import add_debug, run  # noqa: E402
 from vistok.data.mnist import MNIST  # noqa: E402
 from vistok.io import atomic_write_json, guard_output_dir, write_release_dir  # noqa: E402
-from vistok.evaluation.lenet import LeNet, class_accuracy, fd_lenet  # noqa: E402
+from vistok.classifiers.lenet import LeNet  # noqa: E402
+from vistok.evaluation.lenet import class_accuracy, fd_lenet
 
 
 def shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 from tests.conftest import ROOT, TINY_VQ, run_cli
 from vistok.config import ConfigError, load_config
 from vistok.data.base import build_dataset
-from vistok.training import checkpoint as ckpt
+from vistok import checkpoints as ckpt
 from vistok.training.trainer import train
 
 MNIST = os.path.join(ROOT, "configs/vqgan/mnist.yaml")
@@ -65,7 +65,7 @@ def test_corrupt_image_is_named(tmp_path):
 
 
 def test_truncated_weights_are_named(tmp_path):
-    from vistok.evaluation.lenet import LeNet
+    from vistok.classifiers.lenet import LeNet
     from vistok.modeling import VistokModel
 
     LeNet().save_pretrained(str(tmp_path / "m"))
@@ -76,7 +76,7 @@ def test_truncated_weights_are_named(tmp_path):
 
 
 def test_sampling_inputs(tmp_path):
-    from vistok.evaluation.geneval import read_prompts
+    from vistok.image_files import read_prompts
 
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="empty.jsonl' is empty"):

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import run_cli
-from vistok.generators.catanet import (CATANet, TokenAggregationBlock, patch_divide, patch_reverse, sort_tokens,
-                                       unsort_tokens)
+from vistok.sr.catanet import CATANet, TokenAggregationBlock, patch_divide, patch_reverse, sort_tokens, unsort_tokens
 
 TINY = dict(dim=16, qk_dim=16, mlp_dim=32, heads=2, num_centers=[4, 8], group_sizes=[16, 32], patch_sizes=[8, 12],
             kmeans_iters=[3, 3])
@@ -136,7 +135,7 @@ def test_release_round_trip_keeps_weights_and_centres(tmp_path):
 
 
 def test_x4_initialises_from_x2_except_the_upsampler(tmp_path):
-    from vistok.pipeline import init_from
+    from vistok.loading import init_from
 
     CATANet(scale=2, **TINY).save_pretrained(str(tmp_path / "x2"))
     x4 = CATANet(scale=4, **TINY)
@@ -149,7 +148,7 @@ def test_x4_initialises_from_x2_except_the_upsampler(tmp_path):
 
 def test_cascade_pipeline_samples_and_upscales(tmp_path):
     from vistok.generators.ar import ARGenerator
-    from vistok.pipeline import Pipeline
+    from vistok.pipelines.base import Pipeline
     from vistok.tokenizers.vqgan import VQGAN
 
     torch.manual_seed(0)
@@ -223,7 +222,7 @@ def test_official_checkpoint_converts_key_by_key(tmp_path, scale):
 
 def test_window_baseline_attends_inside_windows_and_masks_the_shift_wrap():
     from vistok.config import build, load_config
-    from vistok.generators.window_sr import SwinLayer
+    from vistok.sr.window_sr import SwinLayer
 
     torch.manual_seed(0)
     x = torch.randn(1, 8, 8, 8)
@@ -245,7 +244,7 @@ def test_an_sr_only_release_upscales_a_folder(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from vistok.pipeline import Pipeline
+    from vistok.pipelines.base import Pipeline
 
     Pipeline(sr=CATANet(scale=3, **TINY)).save_pretrained(str(tmp_path / "sr"))
     (tmp_path / "in").mkdir()

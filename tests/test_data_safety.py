@@ -63,7 +63,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def release_dir(run_dir):
-    from vistok.pipeline import release
+    from vistok.pipelines.release import release
 
     out = run_dir.parent / "rel"
     release(str(out), tokenizer=str(run_dir))
@@ -72,7 +72,7 @@ def release_dir(run_dir):
 
 @pytest.fixture(scope="module")
 def gen_release(release_dir):
-    from vistok.pipeline import release
+    from vistok.pipelines.release import release
 
     run = release_dir.parent / "gen"
     train(load_config(os.path.join(ROOT, "configs/ar/mnist.yaml"), [
@@ -227,7 +227,7 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
 
 
 def test_a_resume_that_does_not_fit_rewrites_nothing(run_dir):
-    from vistok.training.checkpoint import CorruptCheckpoint
+    from vistok.checkpoints import CorruptCheckpoint
 
     before = tree(run_dir)
     with pytest.raises(CorruptCheckpoint, match=r"checkpoint-4' does not fit this config"):
@@ -316,7 +316,7 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_pa
 
 
 def test_missing_rng_state_is_an_error_unless_allowed(tmp_path, caplog):
-    from vistok.training.checkpoint import CorruptCheckpoint, manifest, read_state
+    from vistok.checkpoints import CorruptCheckpoint, manifest, read_state
 
     run = tmp_path / "run"
     train(load_config(MNIST, TINY_RUN + [f"train.output_dir={run}"]))

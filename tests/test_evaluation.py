@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from vistok.data.mnist import MNIST
-from vistok.evaluation.fid import StreamingStats, compute_fid, inception_extractor
-from vistok.evaluation.image_metrics import ReconstructionMeter, codebook_stats, psnr_per_image
+from vistok.metrics.fid import StreamingStats
+from vistok.evaluation.fid import compute_fid, inception_extractor
+from vistok.metrics.image import ReconstructionMeter, codebook_stats, psnr_per_image
 from tests.conftest import run_cli
 
 

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, TINY_VQ
-from vistok import __version__
+from vistok.version import __version__
 from vistok.config import ConfigError, load_config, validate
 from vistok.modeling import VistokModel
 from vistok.pipelines.base import Pipeline

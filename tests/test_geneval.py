@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from vistok.data.shapes import ShapesWorld
-from vistok.evaluation.geneval import (Detection, evaluate_folder, evaluate_image, read_prompts, relative_position, score,
-                                       write_prompt_folder)
+from vistok.evaluation.geneval import Detection, evaluate_folder, evaluate_image, relative_position, score
+from vistok.image_files import read_prompts, write_prompt_folder
 from vistok.evaluation.geneval_detectors import DetectorAdapter, masked_crop
 from vistok.evaluation.shapes_detector import ShapesDetector
 from vistok.evaluation.shapes_prompts import PROMPT_FILE, detector_ceiling, shapes_geneval_prompts

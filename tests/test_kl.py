@@ -76,8 +76,8 @@ def test_kl_release_scale_and_reconstruct_cli(tmp_path):
 
 
 def test_latent_cache_with_flip(tmp_path):
-    from vistok.data.tokens import TokenDataset
-    from vistok.pipeline import Pipeline
+    from vistok.caches.tokens import TokenDataset
+    from vistok.pipelines.base import Pipeline
 
     torch.manual_seed(0)
     tok = KLAutoencoder(**TINY)

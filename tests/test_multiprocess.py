@@ -62,7 +62,7 @@ def test_evaluation_statistics_reduce_over_uneven_shards(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_release(tmp_path_factory):
     from vistok.config import load_config
-    from vistok.pipeline import release
+    from vistok.pipelines.release import release
     from vistok.training.trainer import train
 
     tmp = tmp_path_factory.mktemp("tiny")
@@ -92,8 +92,8 @@ def test_pretokenization_is_distributed_and_resumes(tiny_release, tmp_path):
     from safetensors.torch import load_file
 
     from vistok.data.base import build_dataset
-    from vistok.data.tokens import TokenDataset, build_token_cache
-    from vistok.pipeline import Pipeline
+    from vistok.caches.tokens import TokenDataset, build_token_cache
+    from vistok.pipelines.base import Pipeline
 
     reference = TokenDataset(str(tiny_release), "test", chunk=1000, cache_dir=str(tmp_path / "ref"))  # one process, one chunk
     codes = reference.codes.clone()

@@ -21,7 +21,7 @@ PLUGIN = textwrap.dedent('''
     from vistok.evaluation.task import Task
     from vistok.modeling import VistokModel
     from vistok.pipelines.base import Pipeline
-    from vistok.sampling import save_images
+    from vistok.image_files import save_images
     from vistok.schema import PosInt
 
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from vistok.config import build, load_config
-from vistok.evaluation.lenet import LeNet
+from vistok.classifiers.lenet import LeNet
 from vistok.modeling import VistokModel
-from vistok.pipeline import Pipeline, release
+from vistok.pipelines.base import Pipeline
+from vistok.pipelines.release import release
 from vistok.tokenizers.vqgan import VQGAN
 from vistok.training.trainer import train
 from tests.conftest import ROOT, TINY_VQ
@@ -26,7 +27,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_release_round_trip_equals_original(trained_run, tmp_path):
-    from vistok.pipeline import model_from_run
+    from vistok.loading import model_from_run
 
     original, _, info = model_from_run(trained_run)
     assert info["ema"] and info["step"] == 6
@@ -51,7 +52,7 @@ def test_release_round_trip_equals_original(trained_run, tmp_path):
 
 
 def test_ema_weights_differ_from_live(trained_run):
-    from vistok.pipeline import model_from_run
+    from vistok.loading import model_from_run
 
     ema, _, _ = model_from_run(trained_run)
     live, _, _ = model_from_run(trained_run, use_ema=False)

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import run_cli
-from vistok.evaluation.sr import imresize, psnr_y, rgb_to_y, ssim_y, tiled_upscale
+from vistok.ops import imresize, tiled_upscale
+from vistok.metrics.sr import psnr_y, rgb_to_y, ssim_y
 
 
 def test_y_is_matlab_rgb2ycbcr_luma():
@@ -73,7 +74,7 @@ def test_ssim_is_the_gaussian_window_ssim_on_y():
 
 
 def test_tiles_cover_the_image_and_a_single_tile_is_whole_image_inference():
-    from vistok.generators.catanet import CATANet
+    from vistok.sr.catanet import CATANet
 
     torch.manual_seed(0)
     m = CATANet(scale=2, dim=16, qk_dim=16, mlp_dim=32, heads=2, num_centers=[4], group_sizes=[16], patch_sizes=[8],
@@ -93,7 +94,7 @@ def _write(path, arr):
 
 
 def test_evaluate_sr_on_a_benchmark_folder(tmp_path):
-    from vistok.generators.catanet import CATANet
+    from vistok.sr.catanet import CATANet
 
     rng = np.random.default_rng(0)
     for name in ("baby", "bird"):  # Set5-style: HR/ and LR_bicubic/X2/ (only bird's LR given)

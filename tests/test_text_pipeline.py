@@ -5,7 +5,7 @@ import os
 
 from vistok.config import load_config
 from vistok.data.text import shapes_vocabulary
-from vistok.pipeline import release
+from vistok.pipelines.release import release
 from vistok.training.trainer import train
 from tests.conftest import ROOT, run_cli
 

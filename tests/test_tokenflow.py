@@ -37,7 +37,7 @@ def test_tokenflow_trains_with_frozen_teacher_outside_its_weights(teacher_dir, t
     with torch.no_grad():
         before = fresh(batch)
     train(cfg)
-    from vistok.pipeline import model_from_run
+    from vistok.loading import model_from_run
 
     model, _, _ = model_from_run(str(tmp_path / "run"), use_ema=False)
     assert not any(k.startswith("_teacher") for k in model.state_dict())

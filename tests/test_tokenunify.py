@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from vistok.data.em import EMVolumes, affinities, voronoi_em
-from vistok.evaluation.em import arand, segment, voi
-from vistok.generators.tokenunify import TokenUnifyPretrain, TokenUnifySeg, patchify, unpatchify
+from vistok.metrics.segmentation import arand, segment, voi
+from vistok.segmentation.tokenunify import TokenUnifyPretrain, TokenUnifySeg, patchify, unpatchify
 
 TINY = dict(dim=16, depth=1, patch=[2, 4, 4], d_state=4)
 
@@ -106,11 +106,11 @@ def test_tiny_pretrain_then_finetune_then_segment(tmp_path):
         f"train.output_dir={tmp_path}/seg", f"train.init_from={tmp_path}/pre",
         "train.init_skip=[head.,next_head.,stem.,decoder.]"]))
     assert {"eval/voi", "eval/arand"} <= set(seg["metrics"]) and math.isfinite(seg["metrics"]["eval/voi"])
-    from vistok.pipeline import model_from_run
+    from vistok.loading import model_from_run
 
     pre_model = model_from_run(f"{tmp_path}/pre", use_ema=False)[0]
     seg_model = TokenUnifySeg(**{**TINY, "patch": [2, 8, 8]})
-    from vistok.pipeline import init_from
+    from vistok.loading import init_from
 
     skipped = init_from(seg_model, f"{tmp_path}/pre", ["head.", "next_head.", "stem.", "decoder."])
     assert any(k.startswith("decoder.") for k in skipped) and not any(k.startswith("encoder.") for k in skipped)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from vistok.config import load_config
 from vistok.registry import MODELS, register_model
 from vistok.tokenizers.vqgan import VQGAN
-from vistok.training import checkpoint as ckpt
+from vistok import checkpoints as ckpt
 from vistok.training.trainer import TrainingDiverged, train
 from tests.conftest import ROOT, TINY_VQ, run_cli
 
@@ -31,7 +31,7 @@ def test_vq_fits_a_fixed_batch(tmp_path):
     with torch.no_grad():
         before = float(model(batch)["rec"])
     summary = train(cfg)
-    from vistok.pipeline import model_from_run
+    from vistok.loading import model_from_run
 
     trained, _, _ = model_from_run(str(tmp_path / "run"), use_ema=False)
     with torch.no_grad():

@@ -89,7 +89,7 @@ def test_loss_falls_on_structured_latents(noisy_context):
 
 
 def test_release_round_trip_samples(tmp_path):
-    from vistok.pipeline import Pipeline
+    from vistok.pipelines.base import Pipeline
     from vistok.tokenizers.kl import KLAutoencoder
 
     torch.manual_seed(0)

@@ -139,7 +139,7 @@ def validate(cfg: DictConfig, source: str = "<config>", name: str | None = None)
     """Check every section; return a new config with defaults filled in."""
     version = cfg.get("format_version", 1)
     if not isinstance(version, int) or version > CONFIG_FORMAT:
-        from vistok import __version__
+        from vistok.version import __version__
 
         raise ConfigError(f"{source}: a config of format {version} (vistok {cfg.get('vistok_version', '?')}); this vistok "
                           f"({__version__}) reads formats up to {CONFIG_FORMAT}: upgrade vistok")
@@ -287,7 +287,7 @@ def _typename(typ) -> str:
 def save_config(cfg: DictConfig, path: str) -> None:
     from vistok.io import atomic_write_text
 
-    from vistok import __version__
+    from vistok.version import __version__
 
     stamped = OmegaConf.merge(cfg, {"vistok_version": __version__, "format_version": CONFIG_FORMAT})
     atomic_write_text(path, OmegaConf.to_yaml(stamped))

@@ -27,7 +27,7 @@ class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_u
     # ---- saving -------------------------------------------------------------------------------
     def config_dict(self) -> dict:
         cfg = dict(self._hub_mixin_config or {})
-        from vistok import __version__
+        from vistok.version import __version__
 
         return {"model_type": self.model_type, **cfg, "vistok_version": __version__, "format_version": MODEL_FORMAT}
 
@@ -94,7 +94,7 @@ def read_model_config(path: str) -> dict:
         raise ValueError(f"{cfg_path}: missing required key 'model_type'")
     version = cfg.get("format_version", 1)
     if not isinstance(version, int) or version > MODEL_FORMAT:
-        from vistok import __version__
+        from vistok.version import __version__
 
         raise ValueError(f"{cfg_path}: a model config of format {version} (vistok {cfg.get('vistok_version', '?')}); "
                          f"this vistok ({__version__}) reads formats up to {MODEL_FORMAT}: upgrade vistok")

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vistok.evaluation.distributed import shard, world
-from vistok.evaluation.fid import StreamingStats
-from vistok.evaluation.image_metrics import ReconstructionMeter
+from vistok.dist import shard, world
+from vistok.metrics.fid import StreamingStats
+from vistok.metrics.image import ReconstructionMeter
 
 if __name__ == "__main__":
     if "--dist" in sys.argv:

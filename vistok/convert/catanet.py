@@ -29,7 +29,7 @@ def _ffn(t: Taker, old: str, new: str) -> None:
 
 
 def convert_catanet(path: str, **overrides):
-    from vistok.generators.catanet import CATANet
+    from vistok.sr.catanet import CATANet
 
     state = read_checkpoint(path)  # BasicSR nests the weights under "params" (or "params_ema")
     for key in ("first_conv.weight", "last_conv.weight", "blocks.0.0.means"):

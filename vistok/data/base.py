@@ -1,7 +1,6 @@
-"""Dataset construction from a config section, and the pixel-range convention."""
+"""Dataset construction from a config section."""
 from __future__ import annotations
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vistok.config import build
@@ -22,10 +21,3 @@ def build_dataset(section, split: str, **defaults):
     return dataset
 
 
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] model range -> [0, 1] image range (clamped)."""
-    return ((x + 1) / 2).clamp(0, 1)
-
-
-def from_unit(x: torch.Tensor) -> torch.Tensor:
-    return x * 2 - 1

@@ -80,7 +80,7 @@ def _folder_pairs(root: str, split: str, scale: int) -> list[tuple[str, str | No
 class SRPairs(Dataset):
     def __init__(self, root: str = "skimage", split: str = "train", scale: PosInt = 2, patch: PosInt = 48,
                  repeat: PosInt = 100, eval_crop: NonNegInt = 0, augment: bool = True, seed: NonNegInt = 0, images: list[str] = ()):
-        from vistok.evaluation.sr import imresize
+        from vistok.ops import imresize
 
         if scale not in (2, 3, 4):
             raise ValueError(f"sr_pairs: scale {scale}; expected 2, 3 or 4")

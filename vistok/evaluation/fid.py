@@ -19,6 +19,7 @@ import torch
 
 from vistok.data.images import IMAGE_EXTENSIONS
 from vistok.evaluation.task import Task
+from vistok.metrics.fid import StreamingStats, frechet_distance
 from vistok.registry import register_task
 from vistok.io import open_rgb
 from vistok.weights import read_state_dict
@@ -27,70 +28,6 @@ WEIGHTS_HELP = ("FID needs the weights of torch-fidelity's inception-v3-compat n
                 "(weights-inception-2015-12-05-6726825d.pth, published with the torch-fidelity releases on GitHub). "
                 "Download it on a machine with internet access and pass --inception-weights PATH "
                 "(or set eval.inception_weights in the config); nothing is downloaded at run time.")
-
-
-class StreamingStats:
-    """Running mean and covariance of feature vectors (float64); optionally keeps the features."""
-
-    def __init__(self, keep_features: bool = False):
-        self.n, self.sum, self.outer, self.keep = 0, None, None, keep_features
-        self.features: list[np.ndarray] = []
-
-    def update(self, feats: np.ndarray | torch.Tensor) -> None:
-        f = feats.detach().double().cpu().numpy() if torch.is_tensor(feats) else np.asarray(feats, np.float64)
-        if self.sum is None:
-            self.sum, self.outer = np.zeros(f.shape[1]), np.zeros((f.shape[1], f.shape[1]))
-        self.n += len(f)
-        self.sum += f.sum(0)
-        self.outer += f.T @ f
-        if self.keep:
-            self.features.append(f)
-
-    def merge(self, other: "StreamingStats") -> None:
-        if other.n == 0:
-            return
-        if self.sum is None:
-            self.sum, self.outer = np.zeros_like(other.sum), np.zeros_like(other.outer)
-        self.n += other.n
-        self.sum += other.sum
-        self.outer += other.outer
-        self.features += other.features
-
-    def sync(self) -> "StreamingStats":
-        """Sum the statistics (and gather the kept features) of every rank's shard."""
-        from vistok.evaluation.distributed import all_gather, all_sum, world
-
-        if world()[1] > 1:
-            dim = next(len(s) for s in all_gather(None if self.sum is None else self.sum) if s is not None)
-            if self.sum is None:
-                self.sum, self.outer = np.zeros(dim), np.zeros((dim, dim))
-            self.n = int(round(all_sum([float(self.n)])[0]))
-            self.sum, self.outer = all_sum(self.sum), all_sum(self.outer)
-            if self.keep:
-                self.features = [f for part in all_gather(self.features) for f in part]
-        return self
-
-    def mu_sigma(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.n < 2:
-            raise ValueError(f"need at least 2 images for feature statistics, got {self.n}")
-        mu = self.sum / self.n
-        sigma = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)  # unbiased, as np.cov
-        return mu, sigma
-
-    def save(self, path: str) -> None:
-        mu, sigma = self.mu_sigma()
-        arrays = {"mu": mu, "sigma": sigma}
-        if self.keep and self.features:
-            arrays["features"] = np.concatenate(self.features)
-        np.savez(path, **arrays)
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-
-    return float(fid_statistics_to_metric({"mu": np.asarray(mu1, np.float64), "sigma": np.asarray(sigma1, np.float64)},
-                                          {"mu": np.asarray(mu2, np.float64), "sigma": np.asarray(sigma2, np.float64)},
-                                          verbose=False)[KEY_METRIC_FID])
 
 
 def load_reference(path: str) -> dict:
@@ -144,7 +81,7 @@ def read_uint8(paths: list[str]) -> torch.Tensor:
 def inception_stats(net, folder: str, batch_size: int = 50, keep_features: bool = False):
     """Streams a folder through the network -> (StreamingStats of pool features, logits tensor). Under
     several processes each rank reads a disjoint shard of the files and the results are reduced."""
-    from vistok.evaluation.distributed import all_gather, shard
+    from vistok.dist import all_gather, shard
 
     stats, logits = StreamingStats(keep_features), []
     files = list_images(folder)

@@ -164,44 +164,6 @@ def evaluate_folder(root: str, detector) -> dict:
     return out, results
 
 
-def read_prompts(path: str) -> list[dict]:
-    """GenEval metadata jsonl (one prompt per line) with the keys checked."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"prompt file '{path}' does not exist")
-    prompts = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                meta = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
-            missing = [k for k in ("tag", "prompt", "include") if k not in meta]
-            if missing:
-                raise ValueError(f"{path}:{n}: missing key(s) {missing} (GenEval metadata: tag, prompt, include[, exclude])")
-            prompts.append(meta)
-    if not prompts:
-        raise ValueError(f"prompt file '{path}' is empty")
-    return prompts
-
-
-def write_prompt_folder(root: str, index: int, metadata: dict, images) -> list[str]:
-    """Write one prompt in the official layout: <root>/<index:05d>/metadata.jsonl + samples/<n>.png."""
-    from PIL import Image
-
-    folder = os.path.join(root, f"{index:05d}")
-    os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
-    with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
-        f.write(json.dumps(metadata) + "\n")
-    paths = []
-    for n, img in enumerate(images):
-        path = os.path.join(folder, "samples", f"{n:04d}.png")
-        Image.fromarray(np.asarray(img, dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
 def build_detector(name: str):
     if name == "shapes":
         from vistok.evaluation.shapes_detector import ShapesDetector

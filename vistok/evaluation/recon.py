@@ -7,8 +7,8 @@ import time
 import torch
 
 from vistok.data.base import build_dataset
-from vistok.evaluation.distributed import all_gather, shard
-from vistok.evaluation.image_metrics import ReconstructionMeter
+from vistok.dist import all_gather, shard
+from vistok.metrics.image import ReconstructionMeter
 from vistok.evaluation.lenet import fd_lenet, load_lenet
 from vistok.evaluation.task import Task
 from vistok.registry import register_task

@@ -93,7 +93,7 @@ def _gap(a, b) -> int:
 
 
 def load_prompts(path: str = PROMPT_FILE) -> list[dict]:
-    from vistok.evaluation.geneval import read_prompts
+    from vistok.image_files import read_prompts
 
     return read_prompts(path)
 

@@ -359,7 +359,7 @@ class ARGenerator(VistokModel):
             correct += int((logits.argmax(-1) == codes).sum())
             count += codes.numel()
             n += 1
-        from vistok.evaluation.distributed import all_sum
+        from vistok.dist import all_sum
 
         total, correct, count = all_sum([total, float(correct), float(count)])  # over ranks' shards
         return {"ce": total / count, "token_accuracy": correct / count}

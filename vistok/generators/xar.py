@@ -302,7 +302,7 @@ class XARGenerator(VistokModel):
             eps = torch.randn(x0.shape, generator=g).to(x0.device)
             total += float(self.flow_loss(x0, batch["label"].long(), t.to(x0.device)[:, self.entity], eps, "sum"))
             n += x0.numel()
-        from vistok.evaluation.distributed import all_sum
+        from vistok.dist import all_sum
 
         total, n = all_sum([total, float(n)])
         return {"flow_mse": total / n}

@@ -1,16 +1,10 @@
-"""The pipeline base: any number of named components, a registered ``pipeline_type``, one release format.
-
-    checkpoints/NAME/pipeline.json   {"format": "vistok-pipeline", "format_version": 2, "vistok_version": ...,
-                                      "pipeline_type": "class-to-image",
-                                      "components": {"tokenizer": {"path": "tokenizer", "model_type": "vqgan"}, ...},
-                                      "data": {...}, "sources": {...}}
-    checkpoints/NAME/<component>/    config.json + model.safetensors (a VistokModel each)
+"""The pipeline base: any number of named components, a registered ``pipeline_type``, one release format
+(read by ``vistok.release_format``, written here).
 
 A pipeline class (registered with ``@register_pipeline("name")``) declares the components it needs
 (``requires``) and may take (``optional``), checks that they fit each other through methods the components
 declare (``check_fits``), the command-line inputs of ``sample.py`` (``add_arguments``) and what sampling
-writes (``sample``). The base names no model and no system. Older ``pipeline.json`` files (format 1:
-``stages``) are migrated on load; a newer format is refused naming both versions.
+writes (``sample``). The base names no model and no system.
 """
 from __future__ import annotations
 
@@ -18,92 +12,8 @@ import os
 
 import torch
 
-from vistok.io import atomic_write_json, atomic_write_text, is_run_dir, read_json, write_release_dir
-from vistok.modeling import VistokModel
-
-PIPELINE_NAME = "pipeline.json"
-FORMAT, FORMAT_VERSION = "vistok-pipeline", 2
-
-
-def not_a_release(path: str) -> str:
-    """Why ``path`` cannot be loaded as a release, and what to do instead."""
-    if not os.path.exists(path):
-        return f"'{path}' does not exist (expected a vistok release folder, e.g. checkpoints/NAME)"
-    if not os.path.isdir(path):
-        return f"'{path}' is a file, not a folder (expected a vistok release folder, e.g. checkpoints/NAME)"
-    if is_run_dir(path):
-        return (f"'{path}' is a training run, not a release; release it first: `python release.py --stage NAME={path} "
-                f"--out checkpoints/NAME`, then pass checkpoints/NAME")
-    return f"'{path}' is not a vistok pipeline: {PIPELINE_NAME} is missing"
-
-
-def migrate(meta: dict, where: str) -> dict:
-    """pipeline.json of any known format -> the current one (in memory)."""
-    from vistok import __version__
-
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{where}: not a vistok pipeline (expected \"format\": \"{FORMAT}\")")
-    version = meta.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{where}: written in pipeline format {version} by vistok {meta.get('vistok_version', '?')}; "
-                         f"this vistok ({__version__}) reads formats up to {FORMAT_VERSION}: upgrade vistok")
-    if version == 1:  # {"stages": {role: subfolder}}; the type follows from the components (see default_type)
-        stages = meta.get("stages")
-        if not isinstance(stages, dict) or not stages:
-            raise ValueError(f"{where}: expected 'stages' (pipeline format 1) naming at least one component")
-        meta = {**meta, "format_version": FORMAT_VERSION, "pipeline_type": None,
-                "components": {name: {"path": sub, "model_type": None} for name, sub in stages.items()}}
-        meta.pop("stages")
-    comps = meta.get("components")
-    if not isinstance(comps, dict) or not comps or not all(isinstance(c, dict) and "path" in c for c in comps.values()):
-        raise ValueError(f"{where}: expected 'components': {{name: {{\"path\": ..., \"model_type\": ...}}}}")
-    return meta
-
-
-def read_meta(path: str) -> dict:
-    """The migrated pipeline.json of a release folder, every component's ``model_type`` filled in and the
-    pipeline type decided (component configs are read, no weights)."""
-    from vistok.modeling import read_model_config
-
-    meta_path = os.path.join(path, PIPELINE_NAME)
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(not_a_release(path))
-    meta = migrate(read_json(meta_path, "pipeline file"), meta_path)
-    configs = {}
-    for name, entry in meta["components"].items():
-        configs[name] = read_model_config(os.path.join(path, entry["path"]))
-        entry["model_type"] = entry.get("model_type") or configs[name]["model_type"]
-    if not meta.get("pipeline_type"):
-        meta["pipeline_type"] = default_type({n: (_model_class(c["model_type"]), c) for n, c in configs.items()})
-    return meta
-
-
-def _lookup(kind: str, name: str):
-    """A registered class, with an unknown name as a ValueError (a bad file, not a bug)."""
-    from vistok.registry import lookup
-
-    try:
-        return lookup(kind, name)
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
-
-
-def _model_class(model_type: str):
-    return _lookup("model", model_type)
-
-
-def default_type(components: dict) -> str:
-    """The pipeline type the components' driver declares: of ``{name: (model class, config dict)}`` (or model
-    instances), the one with the highest ``drive_priority`` (a generator over a tokenizer over an SR stage)
-    names its ``default_pipeline(config)``."""
-    pairs = {n: (c if isinstance(c, tuple) else (type(c), c.config_dict())) for n, c in components.items()}
-    cls, config = max(pairs.values(), key=lambda p: getattr(p[0], "drive_priority", -1))
-    hook = getattr(cls, "default_pipeline", None)
-    name = hook(config) if hook is not None else None
-    if not name:
-        raise ValueError(f"no component of {sorted(components)} names a pipeline type; pass one (--pipeline-type)")
-    return name
-
+from vistok.io import atomic_write_json, atomic_write_text, write_release_dir
+from vistok.release_format import FORMAT, FORMAT_VERSION, PIPELINE_NAME, _lookup, default_type, load_components  # noqa: F401
 
 def pipeline_class(name: str):
     return _lookup("pipeline", name)
@@ -174,16 +84,8 @@ class Pipeline:
     # ---- loading and saving -------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str) -> "Pipeline":
-        meta = read_meta(path)
+        meta, components = load_components(path)
         meta_path = os.path.join(path, PIPELINE_NAME)
-        components = {}
-        for name, entry in meta["components"].items():
-            sub = os.path.join(path, entry["path"])
-            model = VistokModel.from_pretrained(sub)
-            if entry.get("model_type") and entry["model_type"] != model.model_type:
-                raise ValueError(f"{meta_path}: component '{name}' should be a '{entry['model_type']}', {sub} holds a "
-                                 f"'{model.model_type}'")
-            components[name] = model
         klass = pipeline_class(meta["pipeline_type"])
         if cls is not Pipeline and not issubclass(klass, cls):
             raise ValueError(f"{path} is a '{klass.registered_name}' pipeline, not a {cls.__name__}")
@@ -195,7 +97,7 @@ class Pipeline:
                         overwrite: bool = False) -> None:
         """Write the release beside ``path`` and swap it in atomically; refused before anything is written when
         ``path`` holds anything but a vistok release, and for an existing release unless ``overwrite``."""
-        from vistok import __version__
+        from vistok.version import __version__
 
         self.check("release")
 

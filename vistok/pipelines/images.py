@@ -12,8 +12,8 @@ import torch
 from vistok.cli import ranged
 from vistok.pipelines.base import Pipeline
 from vistok.registry import register_pipeline
-from vistok.sampling import class_grid, read_images, save_images
-from vistok.training.logging import save_grid
+from vistok.image_files import class_grid, read_images, save_images
+from vistok.image_files import save_grid
 
 
 def _upscale(sr, images: torch.Tensor, tile: int = 0, tile_overlap: int = 16) -> torch.Tensor:
@@ -166,7 +166,7 @@ class TextToImagePipeline(GeneratorPipeline):
     def sample(self, args, options: dict, out: str, state) -> dict:
         from PIL import Image
 
-        from vistok.evaluation.geneval import read_prompts
+        from vistok.image_files import read_prompts
 
         prompts = read_prompts(args.prompts)
         for i, meta in enumerate(prompts):  # prompt i (seed + i) on rank i % world

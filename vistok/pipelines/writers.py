@@ -18,7 +18,7 @@ import numpy as np
 
 from vistok.io import atomic_write_text
 from vistok.registry import register_writer, lookup
-from vistok.sampling import read_images, save_images, to_uint8
+from vistok.image_files import read_images, save_images, to_uint8
 
 
 class Writer:
@@ -48,7 +48,7 @@ class NpzWriter(Writer):
 @register_writer("geneval")
 class GenEvalWriter(Writer):
     def write(self, index: int, item) -> None:
-        from vistok.evaluation.geneval import write_prompt_folder
+        from vistok.image_files import write_prompt_folder
 
         metadata, images = item
         write_prompt_folder(self.out, index, metadata, to_uint8(images).squeeze(-1) if images.shape[1] == 1 else to_uint8(images))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from vistok.evaluation.image_metrics import ReconstructionMeter
+from vistok.metrics.image import ReconstructionMeter
 from vistok.modeling import VistokModel
 
 

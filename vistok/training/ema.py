@@ -10,7 +10,7 @@ import torch
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
-EMA_WEIGHTS, EMA_META = "ema.safetensors", "ema.json"
+from vistok.checkpoints import EMA_META, EMA_WEIGHTS
 
 
 def attach_ema(accelerator, model: torch.nn.Module, decay: float) -> EMAModel:
@@ -39,15 +39,3 @@ def attach_ema(accelerator, model: torch.nn.Module, decay: float) -> EMAModel:
     return ema
 
 
-def ema_state_dict(checkpoint_dir: str, model: torch.nn.Module) -> dict | None:
-    """The model's state dict with EMA parameters (buffers from the live weights), or None without EMA."""
-    path = os.path.join(checkpoint_dir, EMA_WEIGHTS)
-    if not os.path.isfile(path):
-        return None
-    ema = load_file(path)
-    state = model.state_dict()
-    for k in ema:
-        if k not in state:
-            raise ValueError(f"{path}: '{k}' is not a parameter of {type(model).__name__}")
-        state[k] = ema[k]
-    return state

@@ -1,10 +1,7 @@
-"""Logging set-up and image grids."""
+"""Logging set-up."""
 from __future__ import annotations
 
 import logging
-import os
-
-import torch
 
 
 def setup_logging(is_main: bool) -> None:
@@ -14,13 +11,3 @@ def setup_logging(is_main: bool) -> None:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 
-def save_grid(images: torch.Tensor, path: str, nrow: int = 8) -> None:
-    """images in model range [-1, 1] -> one PNG (written atomically)."""
-    from torchvision.utils import save_image
-
-    from vistok.data.base import to_unit
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    save_image(to_unit(images.float().cpu()), tmp, nrow=max(1, nrow), padding=1)
-    os.replace(tmp, path)

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 
-from vistok.io import RUN_MARKERS, is_run_dir
+from vistok.io import is_run_dir
 
 LOCK_NAME = "train.lock"
 logger = logging.getLogger("vistok.train")

@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 from vistok.config import build, save_config
 from vistok.data.base import build_dataset
 from vistok.nn.discriminator import hinge_d_loss
-from vistok.training import checkpoint as ckpt
+from vistok import checkpoints as ckpt
 from vistok.training.ema import attach_ema
-from vistok.training.logging import save_grid, setup_logging
+from vistok.image_files import save_grid
+from vistok.training.logging import setup_logging
 from vistok.training.run_lock import RunLock, check_run_folder
 
 logger = get_logger("vistok.train")
@@ -136,7 +137,7 @@ def _train(cfg: DictConfig, accelerator: Accelerator, out_dir: str, ckpt_dir: st
     check_data_fits(cfg.data, model)  # e.g. a generator's vocabulary against its tokenizer release, before encoding
     resume_path = _resume_path(accelerator, t, ckpt_dir)
     if t.init_from and not resume_path:
-        from vistok.pipeline import init_from
+        from vistok.loading import init_from
 
         init_skipped = init_from(model, t.init_from, list(t.init_skip))
         logger.info(f"initialised from {t.init_from}; {len(init_skipped)} keys left to their fresh values "
@@ -414,7 +415,7 @@ def _images(accelerator, raw, ema, batch, path: str, step: int, **extras) -> Non
         if tracker.name == "tensorboard":
             from torchvision.utils import make_grid
 
-            from vistok.data.base import to_unit
+            from vistok.ops import to_unit
 
             tracker.writer.add_image("images", make_grid(to_unit(grid), nrow=len(grid) // 2), step)
 

@@ -11,9 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vistok.data.base import to_unit
 from vistok.io import OutputError, atomic_write_json, read_json
-from vistok.training.logging import save_grid
+from vistok.ops import to_unit
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -164,3 +163,51 @@ def check_complete(folder: str) -> None:
     if meta is not None and meta.get("complete") is False:
         raise ValueError(f"--samples {folder}: sample.py did not finish there (sampling.json says 'in progress'); "
                          f"sample again with --overwrite")
+
+
+def save_grid(images: torch.Tensor, path: str, nrow: int = 8) -> None:
+    """images in model range [-1, 1] -> one PNG (written atomically)."""
+    from torchvision.utils import save_image
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    save_image(to_unit(images.float().cpu()), tmp, nrow=max(1, nrow), padding=1)
+    os.replace(tmp, path)
+
+
+def read_prompts(path: str) -> list[dict]:
+    """GenEval metadata jsonl (one prompt per line) with the keys checked."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompt file '{path}' does not exist")
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                meta = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
+            missing = [k for k in ("tag", "prompt", "include") if k not in meta]
+            if missing:
+                raise ValueError(f"{path}:{n}: missing key(s) {missing} (GenEval metadata: tag, prompt, include[, exclude])")
+            prompts.append(meta)
+    if not prompts:
+        raise ValueError(f"prompt file '{path}' is empty")
+    return prompts
+
+
+def write_prompt_folder(root: str, index: int, metadata: dict, images) -> list[str]:
+    """Write one prompt in the official layout: <root>/<index:05d>/metadata.jsonl + samples/<n>.png."""
+    from PIL import Image
+
+    folder = os.path.join(root, f"{index:05d}")
+    os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
+    with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
+        f.write(json.dumps(metadata) + "\n")
+    paths = []
+    for n, img in enumerate(images):
+        path = os.path.join(folder, "samples", f"{n:04d}.png")
+        Image.fromarray(np.asarray(img, dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths

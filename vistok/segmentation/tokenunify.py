@@ -152,7 +152,7 @@ class TokenUnifyPretrain(_EMBase):
     @torch.no_grad()
     def evaluate(self, batches) -> dict:
         """Every objective's loss on held-out volumes (fixed masks)."""
-        from vistok.evaluation.distributed import all_sum
+        from vistok.dist import all_sum
 
         g = torch.Generator().manual_seed(0)
         sums, count = {k: 0.0 for k in OBJECTIVES}, 0
@@ -199,7 +199,7 @@ class TokenUnifySeg(_EMBase):
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict:
-        from vistok.evaluation.em import SegmentationMeter
+        from vistok.metrics.segmentation import SegmentationMeter
 
         meter = SegmentationMeter(self.seed_threshold)
         for batch in batches:

@@ -65,7 +65,7 @@ def build_token_cache(tokenizer, dataset, cache: str, batch_size: int = 256, chu
 
     import torch.distributed as dist
 
-    from vistok.evaluation.distributed import world
+    from vistok.dist import world
 
     rank, size = world()
     parts = cache + ".parts"
@@ -125,18 +125,15 @@ class TokenDataset(Dataset):
     def __init__(self, tokenizer: str, split: str = "train", batch_size: PosInt = 256, chunk: PosInt = 10000,
                  flip: bool = False, cache_dir: str = ""):
         from vistok.data.base import build_dataset
-        from vistok.pipeline import Pipeline
 
-        pipe = Pipeline.from_pretrained(tokenizer)
-        if pipe.tokenizer is None:
-            raise ValueError(f"data.tokenizer '{tokenizer}': this release has no tokenizer stage (stages: {list(pipe.stages)})")
-        self.tokenizer = pipe.tokenizer.eval()
-        key = cache_key(tokenizer, pipe.data)
+        model, data_cfg = _release_tokenizer(tokenizer)
+        self.tokenizer = model.eval()
+        key = cache_key(tokenizer, data_cfg)
         self.flip = flip and split == "train"  # mirrored images too (not for digits); one of the two per draw
         cache = os.path.join(cache_dir or default_cache_dir(), f"{split}-{key}{'-flip' if self.flip else ''}.safetensors")
         captions_path = cache + ".captions.json"
         if not os.path.isfile(cache):
-            build_token_cache(self.tokenizer, build_dataset(pipe.data, split), cache, batch_size, chunk, self.flip)
+            build_token_cache(self.tokenizer, build_dataset(data_cfg, split), cache, batch_size, chunk, self.flip)
         data = load_file(cache)
         captions = json.load(open(captions_path, encoding="utf-8")) if os.path.isfile(captions_path) else None
         self.key = "latents" if "latents" in data else "codes"  # continuous tokenizers cache latents
@@ -147,11 +144,10 @@ class TokenDataset(Dataset):
     @staticmethod
     def check_model(cfg: dict, model) -> None:
         """Before anything is encoded: the generator must speak the release's vocabulary on its token layout."""
-        from vistok.pipeline import Pipeline, check_compatible
-
-        pipe = Pipeline.from_pretrained(cfg["tokenizer"])
+        tokenizer = _release_tokenizer(cfg["tokenizer"])[0]
         try:
-            check_compatible(pipe.tokenizer, model)
+            if hasattr(model, "check_fits"):
+                model.check_fits({"tokenizer": tokenizer})
         except ValueError as e:
             raise ValueError(f"model does not fit data.tokenizer '{cfg['tokenizer']}': {e}") from None
 
@@ -173,3 +169,14 @@ class TokenDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"TokenDataset({self.cache!r}, n={len(self)})"
+
+
+def _release_tokenizer(path: str):
+    """(the tokenizer of the release at ``path``, the data config it was trained on), read through the release
+    format alone (no pipeline class)."""
+    from vistok.release_format import component_of_kind
+
+    try:
+        return component_of_kind(path, "tokenizer")
+    except ValueError as e:
+        raise ValueError(f"data.tokenizer: {e}") from None

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from vistok.data.base import to_unit
+from vistok.ops import to_unit
 
 
 def psnr_per_image(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -62,7 +62,7 @@ class ReconstructionMeter:
     def compute(self, sync: bool = True) -> dict:
         """The metrics; with ``sync`` (and a process group) over the shards of every rank."""
         if sync:
-            from vistok.evaluation.distributed import all_sum
+            from vistok.dist import all_sum
 
             self.psnr_sum, self.ssim_sum, n = all_sum([self.psnr_sum, self.ssim_sum, float(self.n)])
             self.n = int(round(n))

@@ -15,8 +15,12 @@ import re
 import shutil
 import zipfile
 
-from vistok.io import atomic_write_json, atomic_write_text, fsync_dir, read_json, set_permissions  # noqa: F401
+import torch
+from safetensors.torch import load_file
 
+from vistok.io import atomic_write_json, fsync_dir, read_json, set_permissions
+
+EMA_WEIGHTS, EMA_META = "ema.safetensors", "ema.json"  # written by vistok.training.ema
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_NAME = "trainer_state.json"
 logger = logging.getLogger("vistok.checkpoint")
@@ -164,3 +168,17 @@ def prune(ckpt_dir: str, keep: int) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def ema_state_dict(checkpoint_dir: str, model: torch.nn.Module) -> dict | None:
+    """The model's state dict with EMA parameters (buffers from the live weights), or None without EMA."""
+    path = os.path.join(checkpoint_dir, EMA_WEIGHTS)
+    if not os.path.isfile(path):
+        return None
+    ema = load_file(path)
+    state = model.state_dict()
+    for k in ema:
+        if k not in state:
+            raise ValueError(f"{path}: '{k}' is not a parameter of {type(model).__name__}")
+        state[k] = ema[k]
+    return state

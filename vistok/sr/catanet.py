@@ -32,16 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vistok.modeling import VistokModel
+from vistok.ops import patch_starts
 from vistok.registry import register_model
 from vistok.schema import Decay, NonNegInt, PosInt, PosInts
-
-
-# ---- patches with overlap ---------------------------------------------------------------------------
-def patch_starts(size: int, ps: int, step: int) -> list[int]:
-    """Top-left offsets of patches of ``ps`` every ``step`` pixels, the last one moved inside the image."""
-    if size == ps:
-        return [0]
-    return [min(i, size - ps) for i in range(0, size + step - ps, step)]
 
 
 def _patch_index(h: int, w: int, ps: int, overlap: int, device):
@@ -272,7 +265,7 @@ class SRModel(VistokModel):
         """``upscale``, tiled when ``tile`` > 0 (tiles overlapping by ``tile_overlap`` LR pixels, averaged)."""
         if not tile:
             return self.upscale(lr)
-        from vistok.evaluation.sr import tiled_upscale
+        from vistok.ops import tiled_upscale
 
         return tiled_upscale(self, lr, tile, tile_overlap)
 
@@ -291,7 +284,7 @@ class SRModel(VistokModel):
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict:
-        from vistok.evaluation.sr import SRMeter
+        from vistok.metrics.sr import SRMeter
 
         meter = SRMeter(self.scale)
         for batch in batches:
@@ -300,7 +293,7 @@ class SRModel(VistokModel):
 
     @torch.no_grad()
     def visualize(self, batch: dict, n: int = 8, **_):
-        from vistok.evaluation.sr import bicubic_upscale
+        from vistok.ops import bicubic_upscale
 
         lr, hr = batch["lr"][:n], batch["hr"][:n]
         rows = [bicubic_upscale(lr, self.scale).clamp(0, 1), self.upscale(lr).clamp(0, 1), hr]

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vistok.generators.catanet import SRModel, _init, upsampler_convs
+from vistok.sr.catanet import SRModel, _init, upsampler_convs
 from vistok.registry import register_model
 from vistok.schema import PosInt
 

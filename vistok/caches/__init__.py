@@ -1,0 +1,1 @@
+"""Token caches: datasets of codes / latents encoded once by a released tokenizer."""

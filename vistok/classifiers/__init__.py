@@ -1,0 +1,1 @@
+"""Classifiers behind evaluation metrics (LeNet for class accuracy and FD-LeNet)."""

@@ -1,0 +1,1 @@
+"""Segmentation models: TokenUnify (Mamba over EM volumes: pretraining and affinity fine-tuning)."""
