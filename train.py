@@ -21,10 +21,11 @@ def main(argv=None) -> int:
     add_debug(p)
     args = p.parse_args(argv)
     from vistok.config import load_config
+    from vistok.evaluation.during_training import callbacks_for
     from vistok.training.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg)
+    summary = train(cfg, callbacks=callbacks_for(cfg))
     print(json.dumps(summary))
     return 0
 

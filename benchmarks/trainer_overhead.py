@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vistok.config import build, load_config  # noqa: E402
 from vistok.data.base import build_dataset  # noqa: E402
-from vistok.training.trainer import _scheduler, make_loader, train  # noqa: E402
+from vistok.training.schedules import build_schedule  # noqa: E402
+from vistok.training.trainer import make_loader, train  # noqa: E402
 
 OVERRIDES = ["model.ch=16", "train.eval_every=0", "train.image_every=0", "train.progress=false", "train.log_every=10"]
 
@@ -33,7 +34,7 @@ def bare_loop(cfg) -> float:
     model = build("model", cfg.model).train()
     loader = make_loader(build_dataset(cfg.data, "train"), t.batch_size, t.seed, shuffle=True)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    sched = _scheduler(opt, t, 1)
+    sched = build_schedule(opt, t, 1)
     step, epoch = 0, 0
     t0 = time.time()
     while step < t.max_steps:

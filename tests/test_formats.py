@@ -59,8 +59,21 @@ def test_newer_formats_are_refused_naming_both_versions(tmp_path):
     with pytest.raises(ValueError, match=r"model config of format 5 \(vistok 5.1\); .* reads formats up to 1"):
         VistokModel.from_pretrained(str(tmp_path / "rel" / "tokenizer"))
     run_cfg = OmegaConf.create({"model": {"type": "vqgan"}, "data": {"type": "mnist"}, "format_version": 3, "vistok_version": "3.0"})
-    with pytest.raises(ConfigError, match=r"a config of format 3 \(vistok 3.0\); .* reads formats up to 1"):
+    with pytest.raises(ConfigError, match=r"a config of format 3 \(vistok 3.0\); .* reads formats up to 2"):
         validate(run_cfg, source="runs/x/config.yaml")
+
+
+def test_config_format_1_moves_the_adversarial_phase_to_the_model(caplog):
+    """Format 1 kept train.disc_start / disc_lr; format 2 gives them to the model's loss module."""
+    old = {"model": {"type": "vqgan", "gan_weight": 0.5}, "data": {"type": "mnist"},
+           "train": {"disc_start": 7, "disc_lr": 3e-4, "lr": 1e-3}}
+    cfg = validate(OmegaConf.create(old), source="runs/old/config.yaml")
+    assert (cfg.model.disc_start, cfg.model.disc_lr, cfg.train.lr) == (7, 3e-4, 1e-3)
+    assert "disc_start" not in cfg.train and "moved to model" in caplog.text
+    no_gan = validate(OmegaConf.create({"model": {"type": "ar"}, "data": {"type": "mnist"}, "train": {"disc_start": -1}}))
+    assert "disc_start" not in no_gan.model and "disc_start" not in no_gan.train  # an unused default is dropped
+    with pytest.raises(ConfigError, match="unknown key 'train.disc_start'"):  # format 2 has no such key
+        validate(OmegaConf.create({**old, "format_version": 2}))
 
 
 def test_saved_configs_record_version_and_format(tmp_path):
@@ -69,7 +82,7 @@ def test_saved_configs_record_version_and_format(tmp_path):
     cfg = load_config(os.path.join(ROOT, "configs/vqgan/mnist.yaml"), TINY_VQ)
     save_config(cfg, str(tmp_path / "config.yaml"))
     saved = OmegaConf.load(tmp_path / "config.yaml")
-    assert saved.vistok_version == __version__ and saved.format_version == 1
+    assert saved.vistok_version == __version__ and saved.format_version == 2
     assert validate(saved).model.codebook_size == 32  # and it reads back
 
 

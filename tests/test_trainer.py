@@ -98,14 +98,14 @@ def test_pruning_and_half_written_checkpoints(tmp_path):
 
 def test_adversarial_phase_trains_the_discriminator(tmp_path):
     cfg = _cfg(tmp_path, "data.limit=64", "train.max_steps=4", "train.checkpoint_every=2", "train.log_every=1",
-               "model.gan_weight=0.5", "model.disc_ch=8", "model.disc_layers=2", "train.disc_start=2")
+               "model.gan_weight=0.5", "model.disc_ch=8", "model.disc_layers=2", "model.disc_start=2")
     train(cfg)
     d = tmp_path / "run" / "checkpoints"
     d2, d4 = load_file(str(d / "checkpoint-2" / "model_1.safetensors")), load_file(str(d / "checkpoint-4" / "model_1.safetensors"))
     assert any(not torch.equal(d2[k], d4[k]) for k in d2)  # the discriminator stepped after disc_start
     d0 = tmp_path / "run0"
     cfg0 = _cfg(tmp_path, "data.limit=64", "train.max_steps=2", "train.checkpoint_every=1", "model.gan_weight=0.5",
-                "model.disc_ch=8", "model.disc_layers=2", "train.disc_start=5", f"train.output_dir={d0}")
+                "model.disc_ch=8", "model.disc_layers=2", "model.disc_start=5", f"train.output_dir={d0}")
     train(cfg0)
     a = load_file(str(d0 / "checkpoints" / "checkpoint-1" / "model_1.safetensors"))
     b = load_file(str(d0 / "checkpoints" / "checkpoint-2" / "model_1.safetensors"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import os
 import types
 import typing
@@ -22,10 +23,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vistok.schema import Decay, Length, NonNegFloat, NonNegInt, Pair, PosFloat, PosInt, Range, is_finite
+from vistok.schema import Decay, Length, NonNegFloat, NonNegInt, NonNegInts, Pair, PosFloat, PosInt, Range, is_finite
 
 SECTIONS = ("model", "data", "train", "sample", "eval")
-CONFIG_FORMAT = 1  # the format number saved configs carry (with vistok_version); a newer one is refused
+CONFIG_FORMAT = 2  # the format number saved configs carry (with vistok_version); a newer one is refused
 
 
 class ConfigError(ValueError):
@@ -38,24 +39,36 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class GenEvalConfig:
+    """A generation metric computed during training by a registered evaluation task (as MAR computes FID)."""
+    task: str = ""  # an evaluation task that can score a generator in training (e.g. classify, geneval); "" disables
+    every: NonNegInt = 0  # steps between two evaluations (and at the last step); 0 disables
+    num_samples: PosInt = 100
+    batch_size: PosInt = 100
+    options: dict = field(default_factory=dict)  # the generator's sampling options, e.g. {cfg_scale: 2.0}
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = ""  # default: runs/<config file stem>
     seed: NonNegInt = 0
     batch_size: PosInt = 32  # per process
     max_steps: PosInt = 1000
+    optimizer: str = "adamw"  # adamw | adam (see vistok/training/optim.py for the parameter groups)
     lr: PosFloat = 1e-3
     betas: Pair(Decay) = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: NonNegFloat = 0.0
-    lr_schedule: str = "cosine"  # constant | cosine | linear | constant_cosine (all with warm-up)
+    eps: PosFloat = 1e-8
+    weight_decay: NonNegFloat = 0.0  # on tensors of 2+ dimensions only, minus the model's no_weight_decay()
+    lr_schedule: str = "cosine"  # a registered schedule: constant | cosine | linear | constant_cosine | multistep
     warmup_steps: NonNegInt = 0
     decay_start: NonNegInt = 0  # constant_cosine: the step where the cosine decay begins (xAR/MAR: epoch 600 of 800)
     min_lr: NonNegFloat = 0.0  # constant_cosine: the lr the cosine reaches at max_steps (xAR: 1e-5)
+    milestones: NonNegInts = field(default_factory=list)  # multistep: the steps where the lr is multiplied by gamma
+    gamma: PosFloat = 0.5  # multistep
     grad_clip: NonNegFloat = 1.0  # 0 disables clipping
     grad_accum_steps: PosInt = 1
     mixed_precision: str = "bf16"  # no | bf16 | fp16 (bf16 falls back to no where unsupported)
     ema_decay: Decay = 0.0  # 0 disables EMA
-    disc_start: typing.Annotated[int, Range(-1)] = -1  # step at which the adversarial phase starts; -1: never
-    disc_lr: PosFloat = 1e-4
     checkpoint_every: PosInt = 500
     checkpoints_total_limit: NonNegInt = 3  # 0 keeps all
     resume: str = ""  # "" | latest | path to a checkpoint-<step> folder
@@ -71,6 +84,7 @@ class TrainConfig:
     log_with: str = "tensorboard"  # tensorboard | wandb | none
     on_nan: str = "stop"  # stop | skip
     progress: bool = True
+    gen_eval: GenEvalConfig = field(default_factory=GenEvalConfig)
 
 
 @dataclass
@@ -89,8 +103,15 @@ class EvalConfig:
 
 
 SCHEMAS = {"train": TrainConfig, "sample": SampleConfig, "eval": EvalConfig}
+def _schedules() -> tuple:
+    from vistok.registry import names
+
+    return tuple(names("schedule"))
+
+
 _CHOICES = {
-    ("train", "lr_schedule"): ("constant", "cosine", "linear", "constant_cosine"),
+    ("train", "lr_schedule"): _schedules,
+    ("train", "optimizer"): ("adamw", "adam"),
     ("train", "mixed_precision"): ("no", "bf16", "fp16"),
     ("train", "log_with"): ("tensorboard", "wandb", "none"),
     ("train", "on_nan"): ("stop", "skip"),
@@ -146,6 +167,8 @@ def validate(cfg: DictConfig, source: str = "<config>", name: str | None = None)
     unknown = [k for k in cfg.keys() if k not in SECTIONS and k not in ("name", "vistok_version", "format_version")]
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; expected sections {SECTIONS} (and 'name')")
+    if version < 2:
+        cfg = _migrate_1(cfg, source)
     out: dict[str, Any] = {"name": cfg.get("name", name or "run")}
     for sec, schema in SCHEMAS.items():
         out[sec] = _validate_dataclass(sec, cfg.get(sec) or {}, schema, source)
@@ -156,6 +179,24 @@ def validate(cfg: DictConfig, source: str = "<config>", name: str | None = None)
     if not out["train"]["output_dir"]:
         out["train"]["output_dir"] = os.path.join("runs", out["name"])
     return OmegaConf.create(out)
+
+
+def _migrate_1(cfg: DictConfig, source: str) -> DictConfig:
+    """Format 1 -> 2: the adversarial phase belongs to the model's loss module (``model.disc_start``,
+    ``model.disc_lr``), no longer to the trainer."""
+    train = cfg.get("train") or {}
+    moved = {k: train[k] for k in ("disc_start", "disc_lr") if k in train}
+    if not moved:
+        return cfg
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    for k in moved:
+        del cfg.train[k]
+    model = cfg.get("model") or {}
+    if model.get("gan_weight", 0) or moved.get("disc_start", -1) != -1:  # keep them only where a GAN is trained
+        cfg.model = OmegaConf.merge(model, {k: v for k, v in moved.items() if k not in model})
+    logging.getLogger("vistok.config").warning(f"{source}: train.{'/'.join(moved)} moved to model.{'/'.join(moved)} "
+                                               f"(config format 2: the model's loss module owns the adversarial phase)")
+    return cfg
 
 
 def _validate_dataclass(sec: str, values, schema, source: str) -> dict:
@@ -170,6 +211,10 @@ def _validate_dataclass(sec: str, values, schema, source: str) -> dict:
         if key not in fields:
             raise ConfigError(f"{source}: unknown key '{sec}.{key}'; expected one of: {', '.join(fields)}", f"{sec}.{key}")
         allowed = _CHOICES.get((sec, key))
+        allowed = allowed() if callable(allowed) else allowed
+        if dataclasses.is_dataclass(types[key]):
+            result[key] = _validate_dataclass(f"{sec}.{key}", val, types[key], source)
+            continue
         if allowed and val is False and "no" in allowed:  # YAML 1.1 reads a bare `no` as false
             val = "no"
         result[key] = _coerce(val, types[key], f"{sec}.{key}", source)

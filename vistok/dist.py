@@ -1,4 +1,4 @@
-"""Evaluation over several processes: each rank takes a disjoint shard (rank, rank + world, ...; uneven
+"""Reductions over processes. Evaluation: each rank takes a disjoint shard (rank, rank + world, ...; uneven
 when the size is not divisible: nothing is duplicated or dropped), then sums and feature lists are
 reduced so every rank holds the statistics of the whole set. Without an initialised process group
 (one process) every function is the identity.
@@ -31,6 +31,15 @@ def all_sum(values: list[float] | np.ndarray | torch.Tensor):
     if torch.is_tensor(values):
         return t.to(values.dtype)
     return t.numpy() if isinstance(values, np.ndarray) else t.tolist()
+
+
+def all_mean(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of a tensor over ranks (e.g. a state update every replica must share)."""
+    if world()[1] == 1:
+        return t
+    out = t.clone()
+    dist.all_reduce(out)
+    return out / world()[1]
 
 
 def all_gather(obj) -> list:

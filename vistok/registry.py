@@ -16,7 +16,7 @@ import importlib
 import os
 import re
 
-KINDS = ("model", "dataset", "pipeline", "writer", "task", "converter")
+KINDS = ("model", "dataset", "pipeline", "writer", "task", "converter", "schedule")
 _TABLES: dict[str, dict[str, type]] = {k: {} for k in KINDS}
 MODELS, DATASETS = _TABLES["model"], _TABLES["dataset"]
 _PATTERN = re.compile(r'^\s*@register_(' + "|".join(KINDS) + r')\(\s*"([^"]+)"', re.M)
@@ -88,6 +88,10 @@ def register_task(name: str):
 
 def register_converter(name: str):
     return _register("converter", name)
+
+
+def register_schedule(name: str):
+    return _register("schedule", name)
 
 
 def _load_plugins() -> None:

@@ -184,6 +184,23 @@ class GenEvalTask(Task):
         p.add_argument("--ceiling", action="store_true", help="also score real scenes rendered for the same prompts")
 
     @classmethod
+    def score_generator(cls, model, decode, num_samples: int, seed: int, cfg) -> dict:
+        """During training: the GenEval score (ShapesWorld detector) of ``num_samples`` images of a text-to-image
+        generator, the ShapesWorld GenEval prompts in turn (images per prompt: num_samples / prompts, at least 1)."""
+        from vistok.evaluation.during_training import sample_in_batches
+        from vistok.evaluation.shapes_prompts import load_prompts
+        from vistok.image_files import to_uint8
+
+        prompts = load_prompts()
+        metas = [prompts[i % len(prompts)] for i in range(num_samples)]
+        codes = sample_in_batches(model, [m["prompt"] for m in metas], seed, cfg.train.gen_eval, key="prompts")
+        images = to_uint8(decode(codes).float().cpu().clamp(-1, 1))
+        detector = build_detector("shapes")
+        results = [{"tag": m["tag"], "correct": evaluate_image(img[..., 0] if img.shape[-1] == 1 else img, m, detector)[0]}
+                   for m, img in zip(metas, images)]
+        return score(results)
+
+    @classmethod
     def run(cls, args) -> dict:
         detector = build_detector(args.detector)
         result, rows = evaluate_folder(args.samples, detector)

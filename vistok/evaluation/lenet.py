@@ -73,6 +73,21 @@ class ClassifyTask(Task):
         p.add_argument("--lenet", default="checkpoints/fd_lenet")
 
     @classmethod
+    def score_generator(cls, model, decode, num_samples: int, seed: int, cfg) -> dict:
+        """During training: class accuracy and FD-LeNet (vs the held-out digits) of ``num_samples`` images, the
+        classes in turn."""
+        from vistok.data.mnist import MNIST
+        from vistok.evaluation.during_training import sample_in_batches
+
+        labels = [i % model.num_classes for i in range(num_samples)]
+        codes = sample_in_batches(model, labels, seed, cfg.train.gen_eval)
+        images = decode(codes).float().cpu().clamp(-1, 1)
+        images = images.mean(1, keepdim=True) if images.shape[1] != 1 else images
+        lenet = load_lenet(cfg.eval.lenet)  # eval.lenet: the FD-LeNet release
+        return {"class_accuracy": class_accuracy(lenet, images, torch.tensor(labels)),
+                "fd_lenet": fd_lenet(lenet, images, MNIST("test").images)}
+
+    @classmethod
     def run(cls, args) -> dict:
         import json
         import os
@@ -83,3 +98,4 @@ class ClassifyTask(Task):
             with open(labels_file, encoding="utf-8") as fh:
                 labels = json.load(fh).get("labels")
         return evaluate_digit_samples(args.samples, args.lenet, labels)
+

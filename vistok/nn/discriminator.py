@@ -30,3 +30,29 @@ def hinge_d_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tor
 
 def hinge_g_loss(disc: nn.Module, fake: torch.Tensor) -> torch.Tensor:
     return -disc(fake).mean()
+
+
+class AdversarialLoss(PatchGAN):
+    """The loss module of a GAN-trained tokenizer: a PatchGAN critic, its hinge losses and when they start.
+
+    The model adds ``generator_loss`` to its own loss once ``active``; the trainer gives the critic its own
+    optimiser (learning rate ``lr``) and, after the model's step, steps it on ``own_loss``. The critic is never
+    part of a release (it is not a submodule of the model). State-dict keys are the PatchGAN's own."""
+
+    def __init__(self, in_channels: int = 3, ch: int = 64, num_layers: int = 3, start: int = -1, lr: float = 1e-4):
+        super().__init__(in_channels, ch, num_layers)
+        self.start, self.lr = start, lr
+
+    def active(self, step: int) -> bool:
+        return 0 <= self.start <= step
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        return hinge_g_loss(self, fake)
+
+    def own_loss(self, out: dict, step: int, module: nn.Module | None = None):
+        """(the critic's hinge loss on this step's ``_real``/``_fake`` images, its logs), or None before ``start``.
+        ``module`` is this critic as the trainer prepared it (DDP-wrapped under several processes)."""
+        if not self.active(step):
+            return None
+        loss = hinge_d_loss(module if module is not None else self, out["_real"].detach(), out["_fake"].detach())
+        return loss, {"disc": loss.detach().float()}

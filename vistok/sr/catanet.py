@@ -127,14 +127,27 @@ class TokenAggregationBlock(nn.Module):
         y = self.grouped_attention(x, order, k_c, v_c)
         out = res + self.conv(y.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
         out = out + self.ffn(self.ffn_norm(out), (h, w))
-        if self.training:
-            with torch.no_grad():
-                new = centers.detach().to(self.centers.dtype)
-                if bool(self.centers_ready):
-                    self.centers.mul_(self.ema_decay).add_(new, alpha=1 - self.ema_decay)
-                else:
-                    self.centers.copy_(new), self.centers_ready.fill_(True)
+        if self.training:  # the EMA moves once per optimiser step (apply_pending), by the mean over micro-batches
+            new = centers.detach().to(self.centers.dtype)
+            total, count = self.__dict__.get("_pending", (0, 0))
+            self.__dict__["_pending"] = (total + new, count + 1)
         return out.transpose(1, 2).reshape(b, c, h, w)
+
+    @torch.no_grad()
+    def apply_pending(self) -> None:
+        """Move the centre EMA by the k-means centres of this step's micro-batches (mean, and mean over ranks: every
+        replica keeps the same centres); the first step initialises them."""
+        total, count = self.__dict__.pop("_pending", (0, 0))
+        if not count:
+            return
+        new = total / count
+        from vistok.dist import all_mean
+
+        new = all_mean(new)
+        if bool(self.centers_ready):
+            self.centers.mul_(self.ema_decay).add_(new, alpha=1 - self.ema_decay)
+        else:
+            self.centers.copy_(new), self.centers_ready.fill_(True)
 
     def grouped_attention(self, x: torch.Tensor, order: torch.Tensor, k_c: torch.Tensor, v_c: torch.Tensor) -> torch.Tensor:
         """Tokens sorted by ``order`` (B,N), cut into groups; group g attends to groups g and g + 1 and, in a
@@ -277,6 +290,12 @@ class SRModel(VistokModel):
         for blk in self.blocks:
             x = blk(x)
         return self.last(upsample(x + f, self.up)) + base
+
+    def on_step_end(self, step: int) -> None:
+        """After each optimiser step: blocks with a pending state update (CATANet's centres) apply it."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "apply_pending"):
+                m.apply_pending()
 
     def forward(self, batch: dict, step: int = 0, **_) -> dict:
         loss = F.l1_loss(self.upscale(batch["lr"]).float(), batch["hr"].float())

@@ -26,23 +26,29 @@ class Tokenizer(VistokModel):
     gan_weight: float = 0.0
     disc_args: dict = {}
 
-    def build_discriminator(self):
-        """The PatchGAN of the adversarial phase (trainer: train.disc_start), when gan_weight > 0."""
-        from vistok.nn.discriminator import PatchGAN
+    def build_loss_module(self):
+        """The PatchGAN critic with its hinge losses and start step (``disc_start``, ``disc_lr``), when gan_weight > 0;
+        the trainer optimises it beside the model and never saves it into a release."""
+        from vistok.nn.discriminator import AdversarialLoss
 
-        return PatchGAN(**self.disc_args) if self.gan_weight > 0 else None
+        return AdversarialLoss(**self.disc_args) if self.gan_weight > 0 else None
+
+    def on_step_end(self, step: int) -> None:
+        """After each optimiser step: codebooks that re-seed dead codes do it now (``apply_reseed``), so the new
+        entries are not moved by the gradient computed for the old ones."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "apply_reseed"):
+                m.apply_reseed()
 
     def finish_losses(self, out: dict, loss: torch.Tensor, images: torch.Tensor, reconstruction: torch.Tensor,
-                      adversarial: bool = False, discriminator=None) -> dict:
+                      step: int = 0, loss_module=None) -> dict:
         """Adds the optional LPIPS and adversarial terms shared by every tokenizer, the total, and the
-        images the discriminator step reads (``_real``/``_fake``)."""
+        images the critic's own step reads (``_real``/``_fake``)."""
         if self.lpips_weight > 0:
             out["lpips"] = self.perceptual_loss(reconstruction, images)
             loss = loss + self.lpips_weight * out["lpips"]
-        if adversarial and discriminator is not None and self.gan_weight > 0:
-            from vistok.nn.discriminator import hinge_g_loss
-
-            out["gan_g"] = hinge_g_loss(discriminator, reconstruction)
+        if loss_module is not None and self.gan_weight > 0 and loss_module.active(step):
+            out["gan_g"] = loss_module.generator_loss(reconstruction)
             loss = loss + self.gan_weight * out["gan_g"]
         out["loss"] = loss
         out["_real"], out["_fake"] = images, reconstruction

@@ -16,6 +16,8 @@ A diffusers-format VAE folder (config.json + diffusion_pytorch_model.safetensors
 """
 from __future__ import annotations
 
+import typing
+
 import json
 import os
 
@@ -25,7 +27,7 @@ from diffusers import AutoencoderKL
 
 from vistok.registry import register_model
 from vistok.tokenizers.base import Tokenizer
-from vistok.schema import NonNegFloat, NonNegInts, PosFloat, PosInt, PosInts
+from vistok.schema import NonNegFloat, NonNegInts, PosFloat, PosInt, PosInts, Range
 
 
 @register_model("kl")
@@ -52,6 +54,8 @@ class KLAutoencoder(Tokenizer):
         gan_weight: NonNegFloat = 0.0,
         disc_ch: PosInt = 64,
         disc_layers: PosInt = 3,
+        disc_start: typing.Annotated[int, Range(-1)] = -1,
+        disc_lr: PosFloat = 1e-4,
     ):
         super().__init__()
         if recon_loss not in ("l1", "l2"):
@@ -77,7 +81,8 @@ class KLAutoencoder(Tokenizer):
         self.scale_factor, self.shift_factor = scale_factor, shift_factor
         self.kl_weight, self.recon_loss, self.sample_posterior = kl_weight, recon_loss, sample_posterior
         self.lpips_weight, self.lpips_path = lpips_weight, lpips_path
-        self.gan_weight, self.disc_args = gan_weight, dict(in_channels=in_channels, ch=disc_ch, num_layers=disc_layers)
+        self.gan_weight, self.disc_args = gan_weight, dict(in_channels=in_channels, ch=disc_ch, num_layers=disc_layers, start=disc_start,
+                              lr=disc_lr)
 
     # ---- the tokenizer interface --------------------------------------------------------------
     def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -93,7 +98,7 @@ class KLAutoencoder(Tokenizer):
         return self.decode(self.encode(images)), None
 
     # ---- training -----------------------------------------------------------------------------
-    def forward(self, batch: dict, step: int = 0, adversarial: bool = False, discriminator=None, **_) -> dict:
+    def forward(self, batch: dict, step: int = 0, loss_module=None, **_) -> dict:
         x = batch["image"]
         post = self.vae.encode(x).latent_dist
         z = post.sample() if self.sample_posterior else post.mean
@@ -102,7 +107,7 @@ class KLAutoencoder(Tokenizer):
         kl = 0.5 * (post.mean.float().pow(2) + post.var.float() - 1.0 - post.logvar.float()).mean()
         out = {"rec": rec, "kl": kl}
         loss = rec + self.kl_weight * kl
-        return self.finish_losses(out, loss, x, xr, adversarial, discriminator)
+        return self.finish_losses(out, loss, x, xr, step, loss_module)
 
 
     @torch.no_grad()

@@ -25,6 +25,8 @@ after the first instead); both teach the decoder partial sums.
 """
 from __future__ import annotations
 
+import typing
+
 import os
 
 import torch
@@ -39,7 +41,7 @@ from vistok.quantizers.multiscale import MultiScaleResidualVQ
 from vistok.quantizers.vq import VQ
 from vistok.registry import register_model
 from vistok.tokenizers.base import Tokenizer
-from vistok.schema import NonNegFloat, NonNegInt, PosInt, PosInts, Prob
+from vistok.schema import NonNegFloat, NonNegInt, PosFloat, PosInt, PosInts, Prob, Range
 
 
 @register_model("tokenflow")
@@ -81,6 +83,8 @@ class TokenFlow(Tokenizer):
         gan_weight: NonNegFloat = 0.0,
         disc_ch: PosInt = 64,
         disc_layers: PosInt = 3,
+        disc_start: typing.Annotated[int, Range(-1)] = -1,
+        disc_lr: PosFloat = 1e-4,
         decoder_input: str = "both",
         decoder_ch: NonNegInt = 0,
         decoder_res_blocks: NonNegInt = 0,
@@ -102,7 +106,8 @@ class TokenFlow(Tokenizer):
         self.semantic, self.dim_sem = semantic, dim_sem if semantic else 0
         self.pixel_loss, self.w_vq, self.w_semantic = pixel_loss, w_vq, w_semantic
         self.lpips_weight, self.lpips_path = lpips_weight, lpips_path
-        self.gan_weight, self.disc_args = gan_weight, dict(in_channels=in_channels, ch=disc_ch, num_layers=disc_layers)
+        self.gan_weight, self.disc_args = gan_weight, dict(in_channels=in_channels, ch=disc_ch, num_layers=disc_layers, start=disc_start,
+                              lr=disc_lr)
         self.teacher_path, self.decoder_input, self.decode_only = teacher, decoder_input, decode_only
         arch = dict(ch_mult=tuple(ch_mult), z_channels=z_channels, attn_mid=attn_mid, attn_last_level=attn_last_level)
         if not decode_only:
@@ -176,7 +181,7 @@ class TokenFlow(Tokenizer):
             object.__setattr__(self, "_teacher", t.to(next(self.parameters()).device))
         return self._teacher
 
-    def forward(self, batch: dict, step: int = 0, adversarial: bool = False, discriminator=None, **_) -> dict:
+    def forward(self, batch: dict, step: int = 0, loss_module=None, **_) -> dict:
         x = batch["image"]
         f_hat, _codes, vq_loss = self.quantize(x)
         xr = self.decode_features(f_hat)
@@ -190,7 +195,7 @@ class TokenFlow(Tokenizer):
             pred = self.semantic_decoder(sem_in).float()
             out["semantic"] = (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
             loss = loss + self.w_semantic * out["semantic"]
-        return self.finish_losses(out, loss, x, xr, adversarial, discriminator)
+        return self.finish_losses(out, loss, x, xr, step, loss_module)
 
     @torch.no_grad()
     def code_embeddings(self, images: torch.Tensor) -> torch.Tensor:

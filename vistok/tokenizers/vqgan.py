@@ -6,6 +6,8 @@ Defaults are LlamaGen's VQ-16 (ch 128, ch_mult 1,1,2,2,4, 16384 l2-normalised co
 """
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +15,7 @@ from vistok.nn.conv import Decoder, Encoder
 from vistok.quantizers.vq import VQ
 from vistok.registry import register_model
 from vistok.tokenizers.base import Tokenizer
-from vistok.schema import Decay, NonNegFloat, PosInt, PosInts, Prob
+from vistok.schema import Decay, NonNegFloat, PosFloat, PosInt, PosInts, Prob, Range
 
 
 @register_model("vqgan")
@@ -45,6 +47,8 @@ class VQGAN(Tokenizer):
         lpips_path: str = "",
         disc_ch: PosInt = 64,
         disc_layers: PosInt = 3,
+        disc_start: typing.Annotated[int, Range(-1)] = -1,
+        disc_lr: PosFloat = 1e-4,
     ):
         super().__init__()
         if recon_loss not in ("l1", "l2"):
@@ -56,7 +60,8 @@ class VQGAN(Tokenizer):
         self.token_shape = (image_size // factor, image_size // factor)
         self.recon_loss, self.gan_weight = recon_loss, gan_weight
         self.lpips_weight, self.lpips_path = lpips_weight, lpips_path
-        self.disc_args = dict(in_channels=in_channels, ch=disc_ch, num_layers=disc_layers)
+        self.disc_args = dict(in_channels=in_channels, ch=disc_ch, num_layers=disc_layers, start=disc_start,
+                              lr=disc_lr)
         arch = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=z_channels,
                     attn_mid=attn_mid, dropout=dropout, attn_last_level=attn_last_level)
         self.encoder = Encoder(in_channels=in_channels, downsample_pad=downsample_pad, **arch)
@@ -83,12 +88,12 @@ class VQGAN(Tokenizer):
         return self.decoder(self.post_quant_conv(zq)), codes
 
     # ---- training -----------------------------------------------------------------------------
-    def forward(self, batch: dict, step: int = 0, adversarial: bool = False, discriminator=None) -> dict:
+    def forward(self, batch: dict, step: int = 0, loss_module=None, **_) -> dict:
         x = batch["image"]
         zq, codes, vq_loss = self.quantize(x)
         xr = self.decoder(self.post_quant_conv(zq))
         rec = F.l1_loss(xr, x) if self.recon_loss == "l1" else F.mse_loss(xr, x)
         out = {"rec": rec, "vq": vq_loss}
         loss = rec + vq_loss
-        return self.finish_losses(out, loss, x, xr, adversarial, discriminator)
+        return self.finish_losses(out, loss, x, xr, step, loss_module)
 
