@@ -90,7 +90,7 @@ class Engine:
         p, acc = self.p, self.acc
         with acc.accumulate(p.model, *([p.loss] if p.loss is not None else [])):
             if p.raw_loss is not None:
-                p.raw_loss.requires_grad_(False)  # the model's loss reads the critic; only its own step trains it
+                p.raw_loss.requires_grad_(False)  # the model reads it; only its own step trains it
             out = p.model(batch, step=step, loss_module=p.raw_loss)
             logs = {k: v.detach().float() for k, v in out.items() if not k.startswith("_") and torch.is_tensor(v)}
             bad = self._non_finite(logs, step)
