@@ -12,7 +12,8 @@ class stands for "unconditional"), or, with ``text_vocab``, a caption encoded by
 bidirectional transformer over word ids (all-padding stands for "no caption"). Condition dropout in
 training makes the unconditional branch that classifier-free guidance needs. Rotary positions are 1-D (sequence index) or 2-D (row, column of the code on its grid).
 
-Sampling: CFG by doubling the batch, scale constant or ramped linearly over tokens; temperature,
+Sampling: CFG (``vistok.nn.guidance``) by doubling the batch, scale constant or ramped linearly over tokens
+(next-scale: over scales); temperature,
 top-k, top-p; a static KV cache (prefill the condition, then one token per step) or, for reference,
 a full forward pass per token.
 """
@@ -28,8 +29,9 @@ import torch.nn.functional as F
 
 from vistok.data.text import WordTokenizer
 from vistok.modeling import VistokModel
+from vistok.nn.guidance import Guidance, drop_condition
+from vistok.nn.layout import TokenLayout
 from vistok.nn.transformer import Block, KVCache, RMSNorm, causal_mask, rope_angles
-from vistok.quantizers.multiscale import split_scales
 from vistok.registry import register_model
 from vistok.schema import NonNegFloat, NonNegInt, PosFloat, PosInt, PosInts, Prob, Range
 
@@ -59,15 +61,6 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
         raise ValueError(f"class labels must be in 0..{num_classes - 1} (or {num_classes} for none), got {labels.tolist()}")
     return labels
-
-
-def cfg_scales(scale: float, schedule: str, length: int) -> list[float]:
-    """Guidance scale per token: constant, or linear from 1 (first token) to ``scale`` (last)."""
-    if schedule == "constant":
-        return [scale] * length
-    if schedule == "linear":
-        return [1 + (scale - 1) * i / max(1, length - 1) for i in range(length)]
-    raise ValueError(f"cfg_schedule '{schedule}': expected 'constant' or 'linear'")
 
 
 @dataclasses.dataclass
@@ -141,7 +134,8 @@ class ARGenerator(VistokModel):
         self.scales = [int(v) for v in scales]
         self.vocab_size = vocab_size
         self.token_shape = (self.scales[-1], self.scales[-1]) if self.scales else tuple(token_shape)
-        self.seq_len = sum(v * v for v in self.scales) if self.scales else self.token_shape[0] * self.token_shape[1]
+        self.layout = TokenLayout(self.token_shape, scales=tuple(self.scales))
+        self.seq_len = self.layout.num_tokens
         self.num_classes, self.class_dropout = num_classes, class_dropout
         self.grad_checkpointing = grad_checkpointing  # recompute each block in backward: less memory, ~1/3 more compute
         if cond_rope not in ("identity", "zero"):
@@ -164,12 +158,11 @@ class ARGenerator(VistokModel):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, norm_eps=norm_eps) for _ in range(depth))
         self.norm = RMSNorm(dim, norm_eps)
         self.head = nn.Linear(dim, vocab_size, bias=False)
-        h, w = self.token_shape
         if self.scales:
             self._init_scales(dim)
         elif rope == "2d":  # condition tokens at (0, 0); code k at (row + 1, col + 1)
-            grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1).reshape(-1, 2) + 1
-            pos = torch.cat([torch.zeros(self.prefix, 2, dtype=torch.long), grid])
+            grid = self.layout.positions("index").long() + 1
+            pos = torch.cat([torch.zeros(self.prefix, self.layout.ndim, dtype=torch.long), grid])
         else:
             pos = torch.arange(self.seq_len + self.prefix)[:, None]
         if not self.scales:
@@ -177,19 +170,15 @@ class ARGenerator(VistokModel):
         self.apply(self._init)
 
     def _init_scales(self, dim: int) -> None:
-        top = self.scales[-1]
+        """Scale tokens at their centres on the finest grid, origin 'edge' (finest token (r, c) at (r + .5, c + .5));
+        block ids: 0 for the condition, k + 1 for scale k."""
         p = self.prefix
-        pos, blocks, starts = [torch.zeros(p, 2)], [torch.zeros(p, dtype=torch.long)], []
-        for k, sz in enumerate(self.scales):
-            starts.append(p + sum(v * v for v in self.scales[:k]))
-            r, c = torch.meshgrid(torch.arange(sz), torch.arange(sz), indexing="ij")
-            pos.append(torch.stack([(r + 0.5) * top / sz, (c + 0.5) * top / sz], -1).reshape(-1, 2).float())
-            blocks.append(torch.full((sz * sz,), k + 1, dtype=torch.long))
-        block_ids = torch.cat(blocks)
-        self.register_buffer("positions", torch.cat(pos), persistent=False)
+        pos = torch.cat([torch.zeros(p, 2), self.layout.positions("edge")])
+        block_ids = torch.cat([torch.zeros(p, dtype=torch.long), self.layout.groups() + 1])
+        self.register_buffer("positions", pos, persistent=False)
         self.register_buffer("block_ids", block_ids, persistent=False)
         self.register_buffer("block_mask", block_ids[None, :] <= block_ids[:, None], persistent=False)
-        self.block_starts = starts
+        self.block_starts = [p + s for s in self.layout.starts[:-1]]
         self.scale_emb = nn.Embedding(len(self.scales), dim)
         self.start_emb = nn.Parameter(torch.zeros(1, 1, dim))
 
@@ -222,9 +211,8 @@ class ARGenerator(VistokModel):
             cond = self.text.encode(list(batch["caption"])).to(batch["codes"].device)
         else:
             cond = batch["label"].long()
-        if self.training and self.class_dropout > 0:
-            drop = torch.rand(cond.shape[0], device=cond.device) < self.class_dropout
-            cond = torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), self.null_condition(cond), cond)
+        if self.training:
+            cond = drop_condition(cond, self.null_condition(cond), self.class_dropout)
         return cond
 
     # ---- the network --------------------------------------------------------------------------
@@ -274,7 +262,7 @@ class ARGenerator(VistokModel):
     def teacher_forced_logits(self, cond: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """codes B,L (flat) -> logits B,L,V predicting every code from the condition and its prefix."""
         if self.scales:
-            return self.scale_logits(cond, split_scales(codes, self.scales)[:-1])
+            return self.scale_logits(cond, self.layout.split(codes)[:-1])
         return self.logits(cond, codes[:, :-1])[:, self.prefix - 1:]
 
     def forward(self, batch: dict, step: int = 0, **_) -> dict:
@@ -299,13 +287,11 @@ class ARGenerator(VistokModel):
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass class labels, not prompts")
             labels = check_labels(labels, self.num_classes)
-        guided = cfg_scale != 1.0
-        cond = torch.cat([labels, self.null_condition(labels)]) if guided else labels
+        cfg = Guidance(cfg_scale, cfg_schedule, len(self.scales) or self.seq_len)
+        cond = cfg.double(labels, self.null_condition(labels))
         if self.scales:
-            return self._sample_scales(cond, labels.shape[0], guided, cfg_scale, cfg_schedule, temperature, top_k,
-                                       top_p, generator, use_cache)
+            return self._sample_scales(cond, labels.shape[0], cfg, temperature, top_k, top_p, generator, use_cache)
         b, n = labels.shape[0], self.seq_len
-        scales = cfg_scales(cfg_scale, cfg_schedule, n)
         tokens = torch.zeros(cond.shape[0], 0, dtype=torch.long, device=labels.device)
         param = next(self.parameters())
         p = self.prefix
@@ -315,16 +301,11 @@ class ARGenerator(VistokModel):
                 logits = self.logits(cond, tokens, cache, 0) if i == 0 else self.logits(None, tokens[:, -1:], cache, p + i - 1)
             else:
                 logits = self.logits(cond, tokens)
-            logits = logits[:, -1].float()
-            if guided:
-                c, u = logits[:b], logits[b:]
-                logits = u + scales[i] * (c - u)
-            nxt = sample_logits(logits, temperature, top_k, top_p, generator)
-            tokens = torch.cat([tokens, nxt.repeat(2 if guided else 1)[:, None]], 1)
+            nxt = sample_logits(cfg(logits[:, -1].float(), i), temperature, top_k, top_p, generator)
+            tokens = torch.cat([tokens, cfg.double(nxt)[:, None]], 1)
         return tokens[:b].reshape(b, *self.token_shape)
 
-    def _sample_scales(self, cond, b, guided, cfg_scale, cfg_schedule, temperature, top_k, top_p, generator, use_cache):
-        scales = cfg_scales(cfg_scale, cfg_schedule, len(self.scales))
+    def _sample_scales(self, cond, b, cfg, temperature, top_k, top_p, generator, use_cache):
         param = next(self.parameters())
         cache = KVCache(self.depth, cond.shape[0], self.heads, self.seq_len + self.prefix, self.head_dim, param.device,
                         param.dtype) if use_cache else None
@@ -339,13 +320,9 @@ class ARGenerator(VistokModel):
                     logits = self._run(block, self.block_starts[k], None, cache)
             else:
                 logits = self.scale_logits(cond, codes)[:, -sz * sz:]
-            logits = logits.float()
-            if guided:
-                c, u = logits[:b], logits[b:]
-                logits = u + scales[k] * (c - u)
+            logits = cfg(logits.float(), k)
             nxt = sample_logits(logits.reshape(-1, self.vocab_size), temperature, top_k, top_p, generator)
-            nxt = nxt.reshape(b, sz, sz)
-            codes.append(torch.cat([nxt, nxt]) if guided else nxt)
+            codes.append(cfg.double(nxt.reshape(b, sz, sz)))
         return torch.cat([c[:b].flatten(1) for c in codes], 1)
 
     # ---- trainer hooks --------------------------------------------------------------------------

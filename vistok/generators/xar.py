@@ -13,9 +13,10 @@ of the sequence is the context (twice the tokens) and only the noisy copy is sco
 
 Sampling, entity by entity: from N(0, I), ``steps`` solver steps on t = linspace(1, t_min, steps) then one
 Euler step to 0; ``euler`` or ``euler-maruyama`` (drift v + w (x + (1 - t) v), noise sqrt(2 t w |dt|): w = 1
-gives the paper's (2 - t) v + x, w = 0 plain Euler); CFG on every step (the batch doubled with the null class),
-its scale constant or ramped linearly across entities (none on the first); the finished entity enters the KV
-cache clean (t = 0). ``use_cache=False`` recomputes the whole prefix at every step (reference).
+gives the paper's (2 - t) v + x, w = 0 plain Euler); CFG (``vistok.nn.guidance``) on every step (the batch
+doubled with the null class), its scale constant or ramped linearly across entities (none on the first); the
+finished entity enters the KV cache clean (t = 0). ``use_cache=False`` recomputes the whole prefix at every
+step (reference).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from vistok.generators.ar import check_labels
 from vistok.generators.entities import EntityLayout
 from vistok.modeling import VistokModel
+from vistok.nn.guidance import Guidance, drop_condition
 from vistok.nn.transformer import Attention, KVCache, RMSNorm, SwiGLU, rope_angles
 from vistok.registry import register_model
 from vistok.schema import NonNegFloat, NonNegInt, PosFloat, PosInt, PosInts, Prob, Triple
@@ -208,8 +210,8 @@ class XARGenerator(VistokModel):
         x0 = self.layout.to_tokens(batch["latents"].float())
         b, n, _ = x0.shape
         labels = batch["label"].long()
-        if self.training and self.class_dropout > 0:
-            labels = torch.where(torch.rand(b, device=x0.device) < self.class_dropout, torch.full_like(labels, self.null_class), labels)
+        if self.training:
+            labels = drop_condition(labels, torch.full_like(labels, self.null_class), self.class_dropout)
         t = self.sample_t(b, x0.device)[:, self.entity]  # B,N: one time per entity
         loss = self.flow_loss(x0, labels, t, torch.randn_like(x0))
         return {"loss": loss, "flow": loss.detach()}
@@ -232,13 +234,6 @@ class XARGenerator(VistokModel):
         return F.mse_loss(v.float(), (eps - x0).float(), reduction=reduction)
 
     # ---- sampling -------------------------------------------------------------------------------
-    def cfg_scale_for(self, e: int, cfg_scale: float, cfg_schedule: str) -> float:
-        if cfg_schedule == "constant" or self.num_entities == 1:
-            return cfg_scale
-        if cfg_schedule == "linear":
-            return 1 + (cfg_scale - 1) * e / (self.num_entities - 1)
-        raise ValueError(f"cfg_schedule '{cfg_schedule}': expected 'constant' or 'linear'")
-
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, cfg_scale: float = 1.0, cfg_schedule: str = "linear", steps: int | None = None,
                solver: str = "euler-maruyama", noise: float = 1.0, generator: torch.Generator | None = None,
@@ -249,8 +244,8 @@ class XARGenerator(VistokModel):
         labels = check_labels(labels, self.num_classes)
         steps = steps or self.steps
         b, dev = labels.shape[0], labels.device
-        guided = cfg_scale != 1.0
-        lab = torch.cat([labels, torch.full_like(labels, self.null_class)]) if guided else labels
+        cfg = Guidance(cfg_scale, cfg_schedule, self.num_entities)
+        lab = cfg.double(labels, torch.full_like(labels, self.null_class))
         n, c = self.layout.num_tokens, self.latent_shape[0]
         cache = KVCache(self.depth, lab.shape[0], self.heads, n, self.head_dim, dev, next(self.parameters()).dtype) if use_cache else None
         tokens = torch.zeros(b, n, c, device=dev)
@@ -258,23 +253,19 @@ class XARGenerator(VistokModel):
         for e in range(self.num_entities):
             s, t_end = self.layout.starts[e], self.layout.starts[e + 1]
             idx = torch.arange(s, t_end, device=dev)
-            scale = self.cfg_scale_for(e, cfg_scale, cfg_schedule)
             x = torch.randn(b, t_end - s, c, device=dev, generator=generator)
 
             def v_of(x_cur, t_cur):
-                xin = torch.cat([x_cur, x_cur]) if guided else x_cur
+                xin = cfg.double(x_cur)
                 tt = torch.full(xin.shape[:2], t_cur, device=dev)
                 if cache is not None:
                     v = self.velocity(xin, lab, tt, idx, None, cache, s)
                 else:  # recompute: the clean prefix at t = 0, then this entity
-                    prev = torch.cat([tokens[:, :s]] * (2 if guided else 1))
+                    prev = cfg.double(tokens[:, :s])
                     full = torch.cat([prev, xin], 1)
                     ftimes = torch.cat([torch.zeros(full.shape[0], s, device=dev), tt], 1)
                     v = self.velocity(full, lab, ftimes, torch.arange(t_end, device=dev), self.block_mask[:t_end, :t_end])[:, s:]
-                if guided:
-                    cond, unc = v.chunk(2)
-                    v = unc + scale * (cond - unc)
-                return v
+                return cfg(v, e)
 
             for i in range(steps):
                 t_cur, t_next = times[i], times[i + 1]
@@ -287,7 +278,7 @@ class XARGenerator(VistokModel):
                     x = x + em_drift(x, v, t_cur, noise) * dt + math.sqrt(2 * t_cur * noise * abs(dt)) * z
             tokens[:, s:t_end] = x
             if cache is not None and e < self.num_entities - 1:  # the finished entity enters the cache clean
-                xin = torch.cat([x, x]) if guided else x
+                xin = cfg.double(x)
                 self.velocity(xin, lab, torch.zeros(xin.shape[:2], device=dev), idx, None, cache, s)
         return self.layout.to_latent(tokens)
 

@@ -1,4 +1,5 @@
-"""Adapter over vector-quantize-pytorch's ``VectorQuantize`` for image feature maps.
+"""Adapter over vector-quantize-pytorch's ``VectorQuantize`` for image feature maps B,C,H,W and token
+sequences B,N,D (quantised as a B,D,N,1 map: the same codebook, search and losses).
 
 Options map one to one: ``l2_norm`` -> ``use_cosine_sim`` (l2-normalised codes, LlamaGen/Layton),
 ``ema`` (codebook learnt by EMA, else by gradients), ``kmeans_init``, ``dead_code_threshold`` ->
@@ -36,13 +37,21 @@ class VQ(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z: B,C,H,W -> (quantised B,C,H,W with straight-through gradient, codes B,H,W, vq loss)."""
+        """z: B,C,H,W -> (quantised B,C,H,W with straight-through gradient, codes B,H,W, vq loss);
+        z: B,N,D -> (quantised B,N,D, codes B,N, vq loss)."""
+        if z.dim() == 3:
+            zq, codes, loss = self(z.transpose(1, 2).unsqueeze(-1))
+            return zq.squeeze(-1).transpose(1, 2), codes.squeeze(-1), loss
+        if z.dim() != 4:
+            raise ValueError(f"VQ input {tuple(z.shape)}: expected B,C,H,W or B,N,D")
         with torch.autocast(device_type=z.device.type, enabled=False):
             zq, codes, loss = self.vq(z.float())
         return zq, codes, loss.sum()
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes B,H,W -> quantised feature map B,C,H,W."""
+        """codes B,H,W -> quantised feature map B,C,H,W; codes B,N -> tokens B,N,D."""
+        if codes.dim() == 2:
+            return self.lookup(codes.unsqueeze(-1)).squeeze(-1).transpose(1, 2)
         with torch.autocast(device_type=codes.device.type, enabled=False):
             return self.vq.get_output_from_indices(codes)
 
