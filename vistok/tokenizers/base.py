@@ -1,4 +1,5 @@
-"""What every tokenizer shares: the trainer hooks built on ``reconstruct(images) -> (images, codes)``."""
+"""What every tokenizer shares, whatever it reads (``Tokenizer``), and what image tokenizers add
+(``ImageTokenizer``: held-out PSNR/SSIM, pictures, LPIPS and the adversarial phase)."""
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,15 @@ from vistok.modeling import VistokModel
 
 
 class Tokenizer(VistokModel):
+    """Any input -> tokens -> the input again. Subclasses give ``encode(x) -> codes | latents``,
+    ``decode(codes, generator=None, **options)`` and ``reconstruct(x) -> (x', codes)``; training batches hold the
+    input under ``input_key`` (images, point clouds, text + image pairs ...). ``codebook_size`` is None for
+    continuous latents. A tokenizer drives a release alone; its pipeline type is ``default_pipeline``."""
+
     kind = "tokenizer"
     drive_priority = 1  # alone in a release, a tokenizer makes a reconstruction pipeline
+    input_key = "image"
+    codebook_size: int | None = None
 
     @classmethod
     def default_pipeline(cls, config: dict) -> str:
@@ -19,7 +27,15 @@ class Tokenizer(VistokModel):
         decoder = getattr(self, "decoder", None)
         if decoder is not None:
             decoder.compile(mode=mode)
-    codebook_size: int
+
+    def reconstruct(self, x):
+        raise NotImplementedError
+
+
+class ImageTokenizer(Tokenizer):
+    """Images B,C,H,W in [-1, 1] -> tokens -> images: the held-out metrics (PSNR, SSIM, codebook usage), input /
+    reconstruction grids, and the optional LPIPS and PatchGAN terms every image tokenizer shares."""
+
     lpips_weight: float = 0.0
     lpips_path: str = ""
 
@@ -32,13 +48,6 @@ class Tokenizer(VistokModel):
         from vistok.nn.discriminator import AdversarialLoss
 
         return AdversarialLoss(**self.disc_args) if self.gan_weight > 0 else None
-
-    def on_step_end(self, step: int) -> None:
-        """After each optimiser step: codebooks that re-seed dead codes do it now (``apply_reseed``), so the new
-        entries are not moved by the gradient computed for the old ones."""
-        for m in self.modules():
-            if m is not self and hasattr(m, "apply_reseed"):
-                m.apply_reseed()
 
     def finish_losses(self, out: dict, loss: torch.Tensor, images: torch.Tensor, reconstruction: torch.Tensor,
                       step: int = 0, loss_module=None) -> dict:
@@ -66,9 +75,6 @@ class Tokenizer(VistokModel):
             net = load_lpips(self.lpips_path, next(self.parameters()).device)
             object.__setattr__(self, "_lpips", net)
         return net(reconstruction, images).mean()
-
-    def reconstruct(self, images: torch.Tensor):
-        raise NotImplementedError
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict:

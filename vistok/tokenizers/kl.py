@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from vistok.registry import register_model
-from vistok.tokenizers.base import Tokenizer
+from vistok.tokenizers.base import ImageTokenizer
 from vistok.schema import NonNegFloat, NonNegInts, PosFloat, PosInt, PosInts, Range
 
 
 @register_model("kl")
-class KLAutoencoder(Tokenizer):
+class KLAutoencoder(ImageTokenizer):
     codebook_size = None  # continuous: no codes to count
 
     def __init__(

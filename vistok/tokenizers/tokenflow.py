@@ -40,12 +40,12 @@ from vistok.quantizers.dual import DualCodebook
 from vistok.quantizers.multiscale import MultiScaleResidualVQ
 from vistok.quantizers.vq import VQ
 from vistok.registry import register_model
-from vistok.tokenizers.base import Tokenizer
+from vistok.tokenizers.base import ImageTokenizer
 from vistok.schema import NonNegFloat, NonNegInt, PosFloat, PosInt, PosInts, Prob, Range
 
 
 @register_model("tokenflow")
-class TokenFlow(Tokenizer):
+class TokenFlow(ImageTokenizer):
 
     def __init__(
         self,

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from vistok.nn.conv import Decoder, Encoder
 from vistok.quantizers.vq import VQ
 from vistok.registry import register_model
-from vistok.tokenizers.base import Tokenizer
+from vistok.tokenizers.base import ImageTokenizer
 from vistok.schema import Decay, NonNegFloat, PosFloat, PosInt, PosInts, Prob, Range
 
 
 @register_model("vqgan")
-class VQGAN(Tokenizer):
+class VQGAN(ImageTokenizer):
 
     def __init__(
         self,
