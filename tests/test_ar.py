@@ -191,3 +191,22 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_the_generator_must_share_its_tokenizers_layout():
+    """check_fits compares TokenLayouts: vocabulary, grid (single-scale) or scales (next-scale)."""
+    from vistok.tokenizers.vqgan import VQGAN
+
+    tok = VQGAN(image_size=16, in_channels=1, ch=8, ch_mult=[1, 2], z_channels=8, codebook_size=16, codebook_dim=4,
+                kmeans_init=False)
+    assert tok.layout.shape == (8, 8) and not tok.layout.scales
+    base = dict(num_classes=10, dim=32, depth=1, heads=2)
+    ARGenerator(vocab_size=16, token_shape=[8, 8], **base).check_fits({"tokenizer": tok})
+    with pytest.raises(ValueError, match=r"token_shape \(8, 4\) != tokenizer token_shape \(8, 8\)"):
+        ARGenerator(vocab_size=16, token_shape=[8, 4], **base).check_fits({"tokenizer": tok})
+    with pytest.raises(ValueError, match="vocab_size 32 != tokenizer codebook_size 16"):
+        ARGenerator(vocab_size=16 * 2, token_shape=[8, 8], **base).check_fits({"tokenizer": tok})
+    tok.scales = [1, 2, 4, 8]  # a multi-scale tokenizer's layout is its scales
+    with pytest.raises(ValueError, match=r"generator scales \[\] != tokenizer scales \[1, 2, 4, 8\]"):
+        ARGenerator(vocab_size=16, token_shape=[8, 8], **base).check_fits({"tokenizer": tok})
+    ARGenerator(vocab_size=16, token_shape=[8, 8], scales=[1, 2, 4, 8], **base).check_fits({"tokenizer": tok})

@@ -96,13 +96,13 @@ class ARGenerator(VistokModel):
                              f"'{self.model_type}' generator needs codes")
         if self.vocab_size != tok.codebook_size:
             raise ValueError(f"generator vocab_size {self.vocab_size} != tokenizer codebook_size {tok.codebook_size}")
-        tok_scales = list(getattr(tok, "scales", []) or [])
-        if tok_scales or self.scales:
-            if tok_scales != list(self.scales):
-                raise ValueError(f"generator scales {list(self.scales)} != tokenizer scales {tok_scales} (a multi-scale "
-                                 f"tokenizer needs a next-scale generator with the same scales)")
-        elif tuple(self.token_shape) != tuple(tok.token_shape):
-            raise ValueError(f"generator token_shape {tuple(self.token_shape)} != tokenizer token_shape {tuple(tok.token_shape)}")
+        theirs = tok.layout
+        if theirs.scales or self.layout.scales:
+            if theirs.scales != self.layout.scales:
+                raise ValueError(f"generator scales {list(self.scales)} != tokenizer scales {list(tok.scales)} (a "
+                                 f"multi-scale tokenizer needs a next-scale generator with the same scales)")
+        elif theirs.shape != self.layout.shape:
+            raise ValueError(f"generator token_shape {self.layout.shape} != tokenizer token_shape {theirs.shape}")
 
     def compile_for_sampling(self, mode: str | None = None) -> None:
         for blk in self.blocks:  # dynamic shapes: the prefill and the one-token / one-scale steps share a graph

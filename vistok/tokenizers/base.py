@@ -31,6 +31,18 @@ class Tokenizer(VistokModel):
     def reconstruct(self, x):
         raise NotImplementedError
 
+    @property
+    def layout(self):
+        """The ``TokenLayout`` of its codes (``token_shape``, or the finest of ``scales``), None for continuous
+        latents; a generator over these codes must have the same."""
+        from vistok.nn.layout import TokenLayout
+
+        scales = list(getattr(self, "scales", []) or [])
+        shape = getattr(self, "token_shape", None)
+        if shape is None and scales:
+            shape = (scales[-1],) * 2  # multi-scale 2-D codes: the finest scale is the grid
+        return TokenLayout(tuple(shape), scales=tuple(scales)) if shape is not None else None
+
 
 class ImageTokenizer(Tokenizer):
     """Images B,C,H,W in [-1, 1] -> tokens -> images: the held-out metrics (PSNR, SSIM, codebook usage), input /
