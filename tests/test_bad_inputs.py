@@ -24,7 +24,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY_VQ, run_cli
+from tests.conftest import ROOT, TINY_VQ, call_cli
 from vistok.config import ConfigError, load_config
 from vistok.data.base import build_dataset
 from vistok import checkpoints as ckpt
@@ -123,5 +123,5 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
 def test_cli_reports_bad_release_folder(tmp_path):
     (tmp_path / "rel").mkdir()
     (tmp_path / "rel" / "pipeline.json").write_text(json.dumps({"format": "something-else"}))
-    proc = run_cli(["sample.py", "--pipeline", str(tmp_path / "rel"), "--out", str(tmp_path / "o")], check=False)
+    proc = call_cli(["sample.py", "--pipeline", tmp_path / "rel", "--out", tmp_path / "o"], check=False)
     assert proc.returncode != 0 and "pipeline.json" in proc.stderr

@@ -139,6 +139,7 @@ def test_llamagen_gpt_swiglu_order_and_null_class(tmp_path):
     assert codes.shape == (2, 4, 4) and int(codes.max()) < 64
 
 
+@pytest.mark.slow
 def test_converted_llamagen_pipeline_samples_from_the_cli(tmp_path):
     vq, gpt = save(tmp_path, "vq.pt", official_vq(), wrap="ema"), save(tmp_path, "gpt.safetensors", {}, wrap=None)
     from safetensors.torch import save_file

@@ -201,6 +201,7 @@ def test_xar_conversion_refuses_a_different_rotary_table(tmp_path):
         convert_xar(save(tmp_path, "xAR-T.pth", state, wrap=None), heads=4)
 
 
+@pytest.mark.slow
 def test_convert_cli_builds_an_xar_pipeline_that_samples(tmp_path):
     from tests.conftest import run_cli
 

@@ -303,6 +303,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, un
     assert (run / "checkpoints" / "checkpoint-4.corrupt").is_dir()  # kept aside for inspection, never pruned
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, uninterrupted):
     run = tmp_path / "run"
     args = ["train.py", "--config", "configs/vqgan/mnist.yaml", *TINY_RUN, "train.max_steps=6", f"train.output_dir={run}"]
@@ -405,6 +406,7 @@ def test_bad_sampling_options_are_named(option, value, gen_release, tmp_path, ca
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, release_dir, run_dir):
     proc = run_cli(["train.py", "--config", "configs/vqgan/mnist.yaml", "train.checkpoint_every=0"], check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

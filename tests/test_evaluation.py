@@ -13,7 +13,7 @@ from vistok.data.mnist import MNIST
 from vistok.metrics.fid import StreamingStats
 from vistok.evaluation.fid import compute_fid, inception_extractor
 from vistok.metrics.image import ReconstructionMeter, codebook_stats, psnr_per_image
-from tests.conftest import run_cli
+from tests.conftest import call_cli, run_cli
 
 
 def test_psnr_and_codebook_stats():
@@ -66,6 +66,7 @@ def _write_pngs(folder, images):
         Image.fromarray(im).save(os.path.join(folder, f"{i:05d}.png"))
 
 
+@pytest.mark.slow
 def test_fid_end_to_end_with_random_inception(random_inception, tmp_path):
     digits = ((MNIST("test").images[:10, 0] + 1) * 127.5).round().byte().numpy()
     noise = np.random.default_rng(0).integers(0, 256, size=(10, 32, 32), dtype=np.uint8)
@@ -83,9 +84,9 @@ def test_fid_end_to_end_with_random_inception(random_inception, tmp_path):
     assert abs(via_npz["fid"] - diff["fid"]) < 1e-6 * diff["fid"]
 
 
-def test_fid_without_weights_says_where_to_get_them(tmp_path):
-    proc = run_cli(["evaluate.py", "fid", "--samples", str(tmp_path), "--reference", str(tmp_path)], check=False,
-                   env_extra={"VISTOK_INCEPTION_WEIGHTS": ""})
+def test_fid_without_weights_says_where_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISTOK_INCEPTION_WEIGHTS", "")
+    proc = call_cli(["evaluate.py", "fid", "--samples", tmp_path, "--reference", tmp_path], check=False)
     assert proc.returncode == 2 and "--inception-weights" in proc.stderr and "torch-fidelity" in proc.stderr
 
 
@@ -106,6 +107,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     assert not os.path.exists(marker)
 
 
+@pytest.mark.slow
 def test_classify_real_digits_vs_noise(tmp_path):
     test = MNIST("train", limit=200)  # real digits the classifier has not been scored on as held-out
     digits = ((test.images[:, 0] + 1) * 127.5).round().byte().numpy()

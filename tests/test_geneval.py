@@ -162,6 +162,7 @@ def test_adapter_with_fake_real_detector():
     assert tuple(masked_crop(image, Detection((2, 2, 8, 8), 1.0))[0, 0]) == (255, 0, 0)
 
 
+@pytest.mark.slow
 def test_folder_layout_and_cli(tmp_path):
     ds = ShapesWorld("test", size=4)
     meta = {"tag": "single_object", "prompt": "x", "include": [{"class": ds.scene(0)["objects"][0]["shape"], "count": 1}]}

@@ -2,10 +2,12 @@
 VAE folder, releases and reconstructs through the CLIs."""
 import json
 
+import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from tests.conftest import TINY_VQ, run_cli
+from tests.conftest import TINY_VQ, call_cli, last_json, psnr_baselines
+from vistok.data.mnist import MNIST
 from vistok.tokenizers.kl import KLAutoencoder
 
 TINY = dict(image_size=32, in_channels=1, block_out_channels=[8, 16], layers_per_block=1, latent_channels=2,
@@ -13,12 +15,11 @@ TINY = dict(image_size=32, in_channels=1, block_out_channels=[8, 16], layers_per
 
 
 def _digits(n=32):
-    from vistok.data.mnist import MNIST
-
     ds = MNIST("train", limit=n)
     return torch.stack([ds[i]["image"] for i in range(n)])
 
 
+@pytest.mark.slow
 def test_kl_autoencoder_fits_a_batch_and_scale_is_invisible_to_reconstruction():
     torch.manual_seed(0)
     m = KLAutoencoder(**TINY)
@@ -58,21 +59,27 @@ def test_from_diffusers_folder_equals_the_diffusers_vae(tmp_path):
         torch.testing.assert_close(m.decode(ref), vae.decode(ref / 0.2325).sample)
 
 
+@pytest.mark.slow
 def test_kl_release_scale_and_reconstruct_cli(tmp_path):
-    run = tmp_path / "run"
-    run_cli(["train.py", "--config", "configs/kl/mnist.yaml", "model.block_out_channels=[8,16]", "model.norm_num_groups=4",
-             "data.limit=64", "train.max_steps=4", "train.batch_size=16", *[o for o in TINY_VQ if o.startswith("train.")],
-             f"train.output_dir={run}"])
-    run_cli(["release.py", "--tokenizer", str(run), "--out", str(tmp_path / "rel")])
-    stats = json.loads(run_cli(["scripts/latent_scale.py", "--tokenizer", str(tmp_path / "rel"), "--images", "64",
-                                "--write"]).stdout.strip().splitlines()[-1])
-    cfg = json.loads((tmp_path / "rel" / "tokenizer" / "config.json").read_text())
+    run, rel = tmp_path / "run", tmp_path / "rel"
+    # 60 steps on 64 digits reach about 17.9 dB on the held-out digits, 4.7 dB over the best input-blind output
+    call_cli(["train.py", "--config", "configs/kl/mnist.yaml", "model.block_out_channels=[8,16]", "model.norm_num_groups=4",
+              "data.limit=64", "train.max_steps=60", "train.batch_size=16", *[o for o in TINY_VQ if o.startswith("train.")],
+              f"train.output_dir={run}"])
+    call_cli(["release.py", "--tokenizer", run, "--out", rel])
+    stats = last_json(call_cli(["scripts/latent_scale.py", "--tokenizer", rel, "--images", "64", "--write"]))
+    cfg = json.loads((rel / "tokenizer" / "config.json").read_text())
     assert cfg["scale_factor"] == stats["scale_factor"] > 0 and cfg["model_type"] == "kl"
-    run_cli(["release.py", "--tokenizer", str(tmp_path / "rel"), "--out", str(tmp_path / "rel2")])  # a release reused as is
+    call_cli(["release.py", "--tokenizer", rel, "--out", tmp_path / "rel2"])  # a release reused as is
     assert json.loads((tmp_path / "rel2" / "tokenizer" / "config.json").read_text())["scale_factor"] == stats["scale_factor"]
-    run_cli(["sample.py", "--pipeline", str(tmp_path / "rel"), "--out", str(tmp_path / "s"), "--num-images", "8"])
-    rec = json.loads(run_cli(["evaluate.py", "recon", "--pipeline", str(tmp_path / "rel"), "--max-images", "50"]).stdout.strip().splitlines()[-1])
-    assert rec["num_images"] == 50 and rec["psnr"] > 5 and "codebook_usage" not in rec
+    assert last_json(call_cli(["sample.py", "--pipeline", rel, "--out", tmp_path / "s", "--num-images", "8"]))["num_images"] == 8
+    rec = last_json(call_cli(["evaluate.py", "recon", "--pipeline", rel, "--max-images", "50"]))
+    assert rec["num_images"] == 50 and "codebook_usage" not in rec
+    held_out = MNIST("test", limit=50)  # the images evaluate.py read: the first 50 of the held-out split
+    base = psnr_baselines(torch.stack([held_out[i]["image"] for i in range(50)]))
+    # 2 dB over the mean image (13.1 dB here): it reconstructs its input, not an average digit; 4 steps (9.4 dB)
+    # or a decoder that ignores the latents fail
+    assert rec["psnr"] > max(base.values()) + 2, (rec["psnr"], base)
 
 
 def test_latent_cache_with_flip(tmp_path):

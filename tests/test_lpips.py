@@ -26,6 +26,7 @@ def test_lpips_is_a_distance_that_grows_with_the_corruption(vgg_dir):
     assert net(x[:, :1], x[:, :1]).shape == (4,)  # grey images are repeated to RGB
 
 
+@pytest.mark.slow
 def test_lpips_calibrated_weights_and_named_errors(vgg_dir, tmp_path):
     lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
     torch.save(lin, tmp_path / "lin.pth")
@@ -39,6 +40,7 @@ def test_lpips_calibrated_weights_and_named_errors(vgg_dir, tmp_path):
         LPIPS(str(tmp_path / "nowhere.pth"))
 
 
+@pytest.mark.slow
 def test_vqgan_lpips_term_trains_and_stays_out_of_the_weights(vgg_dir):
     torch.manual_seed(0)
     m = VQGAN(image_size=16, in_channels=1, ch=8, ch_mult=[1, 2], num_res_blocks=1, z_channels=8, attn_mid=False,

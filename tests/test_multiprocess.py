@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT, TINY_VQ, run_cli
 
+pytestmark = pytest.mark.slow  # every test here starts torchrun process groups
+
 PARITY = TINY_VQ + ["model.ema=false", "data.limit=96", "train.max_steps=20", "train.log_every=1",
                     "train.checkpoint_every=20", "train.ema_decay=0", "train.lr=3e-3"]
 

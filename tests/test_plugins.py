@@ -7,6 +7,8 @@ import os
 import re
 import textwrap
 
+import pytest
+
 from tests.conftest import ROOT, run_cli
 
 PLUGIN = textwrap.dedent('''
@@ -104,6 +106,7 @@ CONFIG = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_a_system_outside_vistok_trains_releases_samples_and_scores(tmp_path):
     plug = tmp_path / "plug"
     plug.mkdir()

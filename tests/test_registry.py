@@ -29,6 +29,7 @@ def test_import_vistok_is_light():
     assert loaded == ["vistok.version"], loaded  # the version string's own module, nothing else
 
 
+@pytest.mark.slow
 def test_a_lookup_imports_only_its_module():
     mods = _modules_after("from vistok.registry import lookup; lookup('model', 'lenet'); lookup('dataset', 'mnist')")
     assert "vistok.classifiers.lenet" in mods and "vistok.data.mnist" in mods

@@ -4,6 +4,7 @@ import os
 import random
 import signal
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -23,6 +24,7 @@ def _final(run_dir):
     return load_file(os.path.join(ck, "model.safetensors")), load_file(os.path.join(ck, "ema.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     run_cli(["train.py", "--config", "configs/vqgan/mnist.yaml", *COMMON, f"train.output_dir={a}"])

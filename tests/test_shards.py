@@ -1,13 +1,11 @@
 """Tar shards (webdataset layout): written by scripts/make_shards.py (resumable), read by random access,
 equal to the folder they came from, trainable, bad shards named."""
-import json
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import call_cli, last_json
 from vistok.data.images import ImageFolder
 from vistok.data.shards import ShardDataset
 
@@ -24,11 +22,11 @@ def folder(tmp_path):
 
 def test_shards_equal_the_folder_and_writing_resumes(folder, tmp_path):
     out = tmp_path / "shards"
-    args = ["scripts/make_shards.py", "--root", str(folder), "--out", str(out), "--per-shard", "4"]
-    first = json.loads(run_cli(args).stdout.strip().splitlines()[-1])
+    args = ["scripts/make_shards.py", "--root", folder, "--out", out, "--per-shard", "4"]
+    first = last_json(call_cli(args))
     assert first == {"out": str(out), "shards": 3, "written_now": 3, "samples": 10, "classes": 2}
     (out / "train-000002.tar").unlink()  # as if the run had stopped before the last shard
-    assert json.loads(run_cli(args).stdout.strip().splitlines()[-1])["written_now"] == 1
+    assert last_json(call_cli(args))["written_now"] == 1
     shards, ref = ShardDataset(str(out), "train", image_size=16, flip=False), ImageFolder(str(folder), "train", 16, flip=False)
     assert len(shards) == len(ref) == 10
     for i in (0, 4, 9):
@@ -43,7 +41,7 @@ def test_training_reads_shards_and_bad_shards_are_named(folder, tmp_path):
     from vistok.training.trainer import train
 
     out = tmp_path / "shards"
-    run_cli(["scripts/make_shards.py", "--root", str(folder), "--out", str(out), "--per-shard", "6"])
+    call_cli(["scripts/make_shards.py", "--root", folder, "--out", out, "--per-shard", "6"])
     (out / "test-000000.tar").write_bytes((out / "train-000001.tar").read_bytes())  # a held-out split
     cfg = load_config("configs/vqgan/mnist.yaml", TINY_VQ + [
         "data.type=shards", f"data.root={out}", "data.image_size=16", "model.in_channels=3", "model.image_size=16",

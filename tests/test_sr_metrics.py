@@ -93,6 +93,7 @@ def _write(path, arr):
     Image.fromarray(arr).save(path)
 
 
+@pytest.mark.slow
 def test_evaluate_sr_on_a_benchmark_folder(tmp_path):
     from vistok.sr.catanet import CATANet
 

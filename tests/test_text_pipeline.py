@@ -3,6 +3,8 @@ text-conditional AR -> release -> GenEval prompts sampled in the official layout
 import json
 import os
 
+import pytest
+
 from vistok.config import load_config
 from vistok.data.text import shapes_vocabulary
 from vistok.pipelines.release import release
@@ -13,6 +15,7 @@ QUIET = ["train.log_with=none", "train.progress=false", "train.image_every=0", "
          "train.mixed_precision=no", "train.warmup_steps=2"]
 
 
+@pytest.mark.slow
 def test_text_to_image_pipeline_end_to_end(tmp_path):
     tok_run, gen_run = tmp_path / "tok", tmp_path / "gen"
     train(load_config(os.path.join(ROOT, "configs/vqgan/shapes.yaml"), QUIET + [

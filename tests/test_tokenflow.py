@@ -25,6 +25,7 @@ def teacher_dir(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_tokenflow_trains_with_frozen_teacher_outside_its_weights(teacher_dir, tmp_path):
     cfg = load_config(os.path.join(ROOT, "configs/tokenflow/mnist.yaml"),
                       TINY + [f"model.teacher={teacher_dir}", "train.max_steps=30", "train.checkpoint_every=30",

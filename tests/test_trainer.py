@@ -20,6 +20,7 @@ def _cfg(tmp_path, *extra):
     return load_config(MNIST, TINY_VQ + [f"train.output_dir={tmp_path / 'run'}", *extra])
 
 
+@pytest.mark.slow
 def test_vq_fits_a_fixed_batch(tmp_path):
     """TESTING.md: a tiny VQ autoencoder on one fixed batch of 32 digits loses >= 70% of its MSE in 40 steps."""
     cfg = _cfg(tmp_path, "data.limit=32", "train.batch_size=32", "train.max_steps=40", "train.lr=3e-3",
@@ -122,11 +123,13 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "sample.py", "evaluate.py", "release.py"])
 def test_cli_help(script):
     assert "usage" in run_cli([script, "--help"]).stdout
 
 
+@pytest.mark.slow
 def test_train_cli_reports_config_errors():
     proc = run_cli(["train.py", "--config", "configs/vqgan/mnist.yaml", "train.max_stepz=1"], check=False)
     assert proc.returncode == 2 and "unknown key 'train.max_stepz'" in proc.stderr
@@ -139,6 +142,7 @@ def test_registered_test_models_do_not_replace_vistoks():
     assert lookup("model", "vqgan") is VQGAN and MODELS["test_nan_after"].model_type == "test_nan_after"
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_and_checkpoint(tmp_path):
     """torchrun on CPUs forms one process group of 2 ranks (needs Accelerator(cpu=True)); both ranks' RNG
     states land in the checkpoint. (Loss/weight parity with one process is issue #4's test.)"""

@@ -61,7 +61,6 @@ def test_drift_closed_form_and_zero_noise_is_euler():
 
 def test_cfg_ramp_leaves_the_first_entity_unguided():
     m = tiny("cell", cell=2)
-    assert m.cfg_scale_for(0, 3.0, "linear") == 1.0 and m.cfg_scale_for(m.num_entities - 1, 3.0, "linear") == 3.0
     first = slice(m.layout.starts[0], m.layout.starts[1])
     guided = m.layout.to_tokens(m.sample(torch.tensor([2]), cfg_scale=3.0, generator=torch.Generator().manual_seed(0)))
     plain = m.layout.to_tokens(m.sample(torch.tensor([2]), cfg_scale=1.0, generator=torch.Generator().manual_seed(0)))
@@ -69,6 +68,7 @@ def test_cfg_ramp_leaves_the_first_entity_unguided():
     assert not torch.allclose(guided, plain, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noisy_context", [True, False])
 def test_loss_falls_on_structured_latents(noisy_context):
     torch.manual_seed(0)
@@ -102,10 +102,10 @@ def test_release_round_trip_samples(tmp_path):
     a = pipe(class_labels=[1, 2], seed=3, cfg_scale=2.0)
     b = Pipeline.from_pretrained(str(tmp_path / "rel"))(class_labels=[1, 2], seed=3, cfg_scale=2.0)
     assert a.shape == (2, 1, 32, 32) and torch.equal(a, b)
-    from tests.conftest import run_cli
+    from tests.conftest import call_cli
 
-    run_cli(["sample.py", "--pipeline", str(tmp_path / "rel"), "--out", str(tmp_path / "s"), "--class-labels", "1", "2",
-             "--steps", "2", "--solver", "euler", "--cfg-scale", "2", "--seed", "3"])
+    call_cli(["sample.py", "--pipeline", tmp_path / "rel", "--out", tmp_path / "s", "--class-labels", "1", "2",
+              "--steps", "2", "--solver", "euler", "--cfg-scale", "2", "--seed", "3"])
     import json
 
     settings = json.loads((tmp_path / "s" / "sampling.json").read_text())
@@ -122,12 +122,14 @@ def test_xar_b_has_the_official_parameter_count():
     with torch.device("meta"):
         m = build("model", load_config("configs/xar/imagenet256.yaml").model)
     n = sum(p.numel() for p in m.parameters())
-    assert abs(n - 172.6e6) / 172.6e6 < 0.01, n
+    # 172.66M, the paper's "172.6M" to its printed digits. Exact, not within 1%: a dropped bias, another MLP ratio
+    # or one norm more changes the count, and a change to the architecture must update this figure knowingly
+    assert n == 172_662_800, n
 
 
 def test_constant_then_cosine_schedule_follows_the_paper_recipe():
     from vistok.config import load_config
-    from vistok.training.trainer import _scheduler
+    from vistok.training.schedules import build_schedule as _scheduler
 
     t = load_config("configs/xar/imagenet256.yaml", ["train.max_steps=800", "train.warmup_steps=100",
                                                      "train.decay_start=600"]).train

@@ -162,7 +162,7 @@ class ARGenerator(VistokModel):
             self._init_scales(dim)
         elif rope == "2d":  # condition tokens at (0, 0); code k at (row + 1, col + 1)
             grid = self.layout.positions("index").long() + 1
-            pos = torch.cat([torch.zeros(self.prefix, self.layout.ndim, dtype=torch.long), grid])
+            pos = torch.cat([grid.new_zeros(self.prefix, self.layout.ndim), grid])  # the layout's device (CPU)
         else:
             pos = torch.arange(self.seq_len + self.prefix)[:, None]
         if not self.scales:
@@ -173,8 +173,9 @@ class ARGenerator(VistokModel):
         """Scale tokens at their centres on the finest grid, origin 'edge' (finest token (r, c) at (r + .5, c + .5));
         block ids: 0 for the condition, k + 1 for scale k."""
         p = self.prefix
-        pos = torch.cat([torch.zeros(p, 2), self.layout.positions("edge")])
-        block_ids = torch.cat([torch.zeros(p, dtype=torch.long), self.layout.groups() + 1])
+        centres, groups = self.layout.positions("edge"), self.layout.groups()  # CPU tensors, even under a meta device
+        pos = torch.cat([centres.new_zeros(p, 2), centres])
+        block_ids = torch.cat([groups.new_zeros(p), groups + 1])
         self.register_buffer("positions", pos, persistent=False)
         self.register_buffer("block_ids", block_ids, persistent=False)
         self.register_buffer("block_mask", block_ids[None, :] <= block_ids[:, None], persistent=False)
