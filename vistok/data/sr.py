@@ -39,7 +39,7 @@ def _to_tensor(arr: np.ndarray, name: str) -> torch.Tensor:
         arr = np.repeat(arr[..., None], 3, -1)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         raise ValueError(f"image '{name}': shape {arr.shape}; expected H,W or H,W,3")
-    return torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(arr[..., :3], copy=True)).permute(2, 0, 1).float() / 255.0  # writable copy
 
 
 def load_skimage(name: str) -> torch.Tensor:
