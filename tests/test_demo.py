@@ -75,19 +75,18 @@ def test_demo_shapes_quick(tmp_path):
                       "detector_ceiling"}
     assert g["detector_ceiling"] >= 0.99
     # the figures are GenEval's rules applied to the samples written (recomputed from the folder)
-    from vistok.evaluation.geneval import TASKS, evaluate_folder, evaluate_image, read_folder, score
+    from vistok.evaluation.geneval import TASKS, evaluate_folder, read_folder
     from vistok.evaluation.shapes_detector import ShapesDetector
 
     detector = ShapesDetector()
     again, _ = evaluate_folder(str(out / "geneval"), detector)
     assert {t: again[t] for t in (*TASKS, "overall")} == {t: g[t] for t in (*TASKS, "overall")}
-    # and beat a generator that draws nothing (black canvases: ShapesWorld's background), as a collapsed sampler
-    # or decoder does. No learning check is possible at this size: 20 quick steps learn no text (overall about
-    # 0.26) and a pipeline with random weights scores about 0.48, the detector reading its coloured noise as shapes
+    # No learning check is possible at this size: 20 quick steps learn no text, and the detector (which needs the
+    # palette colour and a shape fit) finds no object in its smears, so the score is about 0, as for blank
+    # canvases. What can be checked: the sampler drew something (a collapsed sampler or decoder writes background)
     prompts = list(read_folder(str(out / "geneval")))
-    canvas = np.zeros_like(np.asarray(Image.open(prompts[0][1][0]).convert("RGB")))
-    blank = score([{"tag": m["tag"], "correct": evaluate_image(canvas, m, detector)[0]} for m, _ in prompts])
-    assert g["overall"] > blank["overall"], blank
+    drawn = [np.asarray(Image.open(f).convert("RGB")) for _, files in prompts for f in files]
+    assert sum(int((img.max(-1) >= 60).sum()) for img in drawn) > 0.05 * sum(img.shape[0] * img.shape[1] for img in drawn)
     assert metrics["sampling"]["num_images"] == 132
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == g
     assert (out / "geneval" / "grid.png").is_file() and "geneval/grid.png" in (out / "report.md").read_text()
