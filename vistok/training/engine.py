@@ -14,7 +14,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from vistok.training.checkpointing import save_checkpoint
-from vistok.training.visuals import evaluate_model, save_images, swapped_to_ema
+from vistok.training.visuals import evaluate_model, save_images, swapped_to_ema, to_device
 
 logger = get_logger("vistok.train")
 FAULT_KILL_ENV = "VISTOK_FAULT_KILL_AT_STEP"  # test hook: SIGKILL this process right after that step
@@ -47,7 +47,7 @@ class Engine:
         self.losses: list = []  # [step, loss averaged over processes] at every log step of this run
         self.metrics: dict = {}
         self.kill_at = int(os.environ.get(FAULT_KILL_ENV, "-1"))
-        self.fixed_batch = _to_device(next(iter(parts.eval_loader)), accelerator.device)
+        self.fixed_batch = to_device(next(iter(parts.eval_loader)), accelerator.device)
 
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self, step: int) -> dict:
@@ -95,7 +95,7 @@ class Engine:
             logs = {k: v.detach().float() for k, v in out.items() if not k.startswith("_") and torch.is_tensor(v)}
             bad = self._non_finite(logs, step)
             acc.backward(out["loss"] if not bad else out["loss"] * 0.0)
-            grad_norm = self._clip(logs, step, bad)
+            grad_norm = self._clip(logs, step)
             if bad or (grad_norm is not None and not math.isfinite(float(grad_norm))):
                 for q in p.model.parameters():  # on_nan=skip: drop this window's gradients
                     q.grad = None
@@ -128,7 +128,7 @@ class Engine:
                                    f"{self.ckpt_dir} is kept (train.on_nan=skip skips such steps instead)")
         return bad
 
-    def _clip(self, logs: dict, step: int, bad: dict):
+    def _clip(self, logs: dict, step: int):
         """The gradient norm at the end of an accumulation window (clipped at train.grad_clip; 0: only measured)."""
         if not self.acc.sync_gradients:
             return None
@@ -179,7 +179,3 @@ class Engine:
     def _report(self, step: int, metrics: dict) -> None:
         self.acc.log(metrics, step=step)
         logger.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-
-
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

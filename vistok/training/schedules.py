@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from vistok.registry import register_schedule
+from vistok.registry import lookup, register_schedule
 
 
 def _diffusers(name: str, opt, t, n: int):
@@ -77,6 +77,4 @@ def multistep(opt, t, n: int):
 
 def build_schedule(opt, t, num_processes: int = 1):
     """The schedule ``t.lr_schedule`` names, for ``opt``."""
-    from vistok.registry import lookup
-
     return lookup("schedule", t.lr_schedule)(opt, t, num_processes)

@@ -27,11 +27,14 @@ def swapped_to_ema(raw, ema):
         raw.train(was_training)
 
 
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def evaluate_model(accelerator, raw, ema, eval_loader, max_batches: int) -> dict:
     """``raw.evaluate`` on the first ``max_batches`` held-out batches: ``eval/*`` (live) and ``eval_ema/*``."""
     def run(prefix):
-        batches = ({k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in b.items()}
-                   for _, b in zip(range(max_batches), eval_loader))
+        batches = (to_device(b, accelerator.device) for _, b in zip(range(max_batches), eval_loader))
         with accelerator.autocast():
             return {f"{prefix}/{k}": float(v) for k, v in raw.evaluate(batches).items()}
 
