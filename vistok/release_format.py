@@ -101,13 +101,15 @@ def default_type(components: dict) -> str:
     return name
 
 
-def load_components(path: str) -> tuple[dict, dict]:
-    """(the migrated pipeline.json, {name: model}) of a release folder; each model is checked against the
-    ``model_type`` the file names for it."""
+def load_components(path: str, names=None) -> tuple[dict, dict]:
+    """(the migrated pipeline.json, {name: model}) of a release folder (only ``names`` when given); each model is
+    checked against the ``model_type`` the file names for it."""
     meta = read_meta(path)
     meta_path = os.path.join(path, PIPELINE_NAME)
     components = {}
     for name, entry in meta["components"].items():
+        if names is not None and name not in names:
+            continue
         sub = os.path.join(path, entry["path"])
         model = VistokModel.from_pretrained(sub)
         if entry.get("model_type") and entry["model_type"] != model.model_type:
@@ -118,9 +120,10 @@ def load_components(path: str) -> tuple[dict, dict]:
 
 
 def component_of_kind(path: str, kind: str):
-    """(the one component of ``kind`` of the release at ``path``, the release's data config)."""
-    meta, components = load_components(path)
-    found = [m for m in components.values() if getattr(m, "kind", None) == kind]
+    """(the one component of ``kind`` of the release at ``path``, the release's data config); only that
+    component's weights are read (the kinds come from the registered classes the configs name)."""
+    meta = read_meta(path)
+    found = [n for n, e in meta["components"].items() if getattr(_model_class(e["model_type"]), "kind", None) == kind]
     if not found:
-        raise ValueError(f"'{path}': this release has no {kind} component (components: {list(components)})")
-    return found[0], meta.get("data")
+        raise ValueError(f"'{path}': this release has no {kind} component (components: {list(meta['components'])})")
+    return load_components(path, names=found[:1])[1][found[0]], meta.get("data")
