@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vistok.schema import Decay, Length, NonNegFloat, NonNegInt, NonNegInts, Pair, PosFloat, PosInt, Range, is_finite
+from vistok.schema import Choices, Component, Decay, Length, NonNegFloat, NonNegInt, NonNegInts, Pair, PosFloat, PosInt, Range, is_finite
 
 SECTIONS = ("model", "data", "train", "sample", "eval")
 CONFIG_FORMAT = 2  # the format number saved configs carry (with vistok_version); a newer one is refused
@@ -279,7 +279,9 @@ def _coerce(val, typ, key: str, source: str):
                 raise ConfigError(f"{source}: '{key}' = {val!r}; expected {m.describe()}", key)
         val = _coerce(val, base, key, source)
         for m in meta:
-            if isinstance(m, (Range, Length)) and val is not None and not m.ok(val):
+            if isinstance(m, Component) and isinstance(val, dict):
+                val = validate_component(m.kind, val, f"{source}: {key}")
+            if isinstance(m, (Range, Length, Choices)) and val is not None and not m.ok(val):
                 what = "a value in " + m.describe() if isinstance(m, Range) else m.describe()
                 raise ConfigError(f"{source}: '{key}' = {val!r}; expected {what}", key)
         return val

@@ -4,11 +4,18 @@ A saved model is a folder with ``config.json`` (the constructor arguments plus a
 ``model_type``) and ``model.safetensors``. Loading checks ``model_type``, rebuilds the class from the
 JSON arguments and loads the weights strictly: a missing or unexpected key, or a shape that does not
 match the config, is an error naming the key. Nothing is ever unpickled.
+
+Pretrained parts (``vistok.parts``: a CLIP tower, a T5 encoder, an SD VAE) are named in the config by their
+folder; a frozen part's weights stay in that folder (the config records its path and fingerprint), a fine-tuned
+part's weights are saved with the model and its folder's small config files under ``parts/<name>/``.
+``from_pretrained(..., parts={name: new_path})`` points frozen parts at another copy of their folder.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.nn as nn
@@ -19,6 +26,24 @@ from safetensors.torch import load_file, save_model
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_FORMAT = 1  # config.json's format number; files without one (vistok 0.1.0) are format 1
+PARTS_DIR = "parts"  # a saved model's fine-tuned parts' config files: parts/<name>/
+
+
+@dataclass(frozen=True)
+class SavedModelLoad:
+    """Set while a saved model is being built (``LOADING``): parts read it to find their folders."""
+    folder: str
+    parts: dict = field(default_factory=dict)  # {part name: new folder}
+
+
+LOADING: contextvars.ContextVar[SavedModelLoad | None] = contextvars.ContextVar("vistok_loading", default=None)
+
+
+def model_parts(model: nn.Module) -> dict:
+    """{config key: part} for the pretrained parts among the model's submodules (``vistok.parts.base.Part``) and
+    the ones it reads lazily (``LazyPart``, in ``_lazy_parts``): each has ``spec()`` and ``frozen``."""
+    found = {m.config_key: m for m in model.modules() if getattr(m, "config_key", None)}
+    return {**model.__dict__.get("_lazy_parts", {}), **found}
 
 
 class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_url="https://github.com/vistok/vistok"):
@@ -29,10 +54,14 @@ class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_u
         cfg = dict(self._hub_mixin_config or {})
         from vistok.version import __version__
 
+        cfg.update({k: part.spec() for k, part in model_parts(self).items() if k in cfg})
         return {"model_type": self.model_type, **cfg, "vistok_version": __version__, "format_version": MODEL_FORMAT}
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_model(self, str(Path(save_directory) / WEIGHTS_NAME))
+        for key, part in model_parts(self).items():
+            if not part.frozen:  # its weights are in model.safetensors; its folder's configs travel with them
+                part.save_configs(str(Path(save_directory) / PARTS_DIR / key))
         (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2, sort_keys=True))
 
     # ---- loading ------------------------------------------------------------------------------
@@ -47,15 +76,23 @@ class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_u
         return super().from_pretrained(path, **kwargs)  # a Hub repo id: the mixin downloads, then _from_pretrained
 
     @classmethod
-    def _load_local(cls, path: str, map_location: str = "cpu", **overrides):
+    def _load_local(cls, path: str, map_location: str = "cpu", parts: dict | None = None, **overrides):
         cfg = read_model_config(path)
         model_cls = resolve_class(cls, cfg, path)
         kwargs = {k: v for k, v in cfg.items() if k not in ("model_type", "vistok_version", "format_version")}
         kwargs.update(overrides)
+        unknown = sorted(set(parts or {}) - {k for k, v in kwargs.items() if isinstance(v, dict) and "path" in v})
+        if unknown:
+            raise ValueError(f"{path}: parts={sorted(parts)}: {unknown} name no pretrained part of this "
+                             f"'{cfg['model_type']}' (its parts: "
+                             f"{[k for k, v in kwargs.items() if isinstance(v, dict) and 'path' in v]})")
+        token = LOADING.set(SavedModelLoad(path, dict(parts or {})))
         try:
             model = model_cls(**kwargs)
         except TypeError as e:
             raise ValueError(f"{os.path.join(path, CONFIG_NAME)}: arguments do not fit {model_cls.__name__}: {e}") from e
+        finally:
+            LOADING.reset(token)
         load_weights(model, os.path.join(path, WEIGHTS_NAME), map_location)
         model.eval()
         return model
@@ -70,7 +107,7 @@ class VistokModel(nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_u
                                                  local_files_only=local_files_only))
         hf_hub_download(model_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir, token=token,
                         local_files_only=local_files_only)
-        return cls._load_local(folder, map_location=map_location)
+        return cls._load_local(folder, map_location=map_location, parts=model_kwargs.get("parts"))
 
 
 def looks_like_repo_id(path: str) -> bool:

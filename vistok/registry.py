@@ -16,7 +16,7 @@ import importlib
 import os
 import re
 
-KINDS = ("model", "dataset", "pipeline", "writer", "task", "converter", "schedule")
+KINDS = ("model", "dataset", "pipeline", "writer", "task", "converter", "schedule", "part")
 _TABLES: dict[str, dict[str, type]] = {k: {} for k in KINDS}
 MODELS, DATASETS = _TABLES["model"], _TABLES["dataset"]
 _PATTERN = re.compile(r'^\s*@register_(' + "|".join(KINDS) + r')\(\s*"([^"]+)"', re.M)
@@ -92,6 +92,10 @@ def register_converter(name: str):
 
 def register_schedule(name: str):
     return _register("schedule", name)
+
+
+def register_part(name: str):
+    return _register("part", name)
 
 
 def _load_plugins() -> None:

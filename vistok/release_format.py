@@ -101,17 +101,36 @@ def default_type(components: dict) -> str:
     return name
 
 
-def load_components(path: str, names=None) -> tuple[dict, dict]:
+def parts_for(component: str, sub: str, parts: dict) -> dict:
+    """The part remaps of ``parts`` ({part: path} for any component holding that part, or {"component.part": path})
+    that apply to one component (whose saved config is at ``sub``)."""
+    from vistok.modeling import read_model_config
+
+    own = {k for k, v in read_model_config(sub).items() if isinstance(v, dict) and "path" in v}
+    plain = {k: v for k, v in parts.items() if "." not in k and k in own}
+    dotted = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith(component + ".")}
+    return {**plain, **dotted}
+
+
+def load_components(path: str, names=None, parts: dict | None = None) -> tuple[dict, dict]:
     """(the migrated pipeline.json, {name: model}) of a release folder (only ``names`` when given); each model is
-    checked against the ``model_type`` the file names for it."""
+    checked against the ``model_type`` the file names for it. ``parts`` remaps pretrained parts' folders
+    ({"text_encoder": path} or {"generator.text_encoder": path}; see ``VistokModel.from_pretrained``)."""
     meta = read_meta(path)
     meta_path = os.path.join(path, PIPELINE_NAME)
     components = {}
+    if parts:
+        used = set()
+        for name, entry in meta["components"].items():
+            used |= {k for k in parts if k in parts_for(name, os.path.join(path, entry["path"]), {k: 1})}
+        unknown = sorted(set(parts) - used)
+        if unknown:
+            raise ValueError(f"{meta_path}: parts={sorted(parts)}: {unknown} name no pretrained part of any component")
     for name, entry in meta["components"].items():
         if names is not None and name not in names:
             continue
         sub = os.path.join(path, entry["path"])
-        model = VistokModel.from_pretrained(sub)
+        model = VistokModel.from_pretrained(sub, parts=parts_for(name, sub, parts) if parts else None)
         if entry.get("model_type") and entry["model_type"] != model.model_type:
             raise ValueError(f"{meta_path}: component '{name}' should be a '{entry['model_type']}', {sub} holds a "
                              f"'{model.model_type}'")

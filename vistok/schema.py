@@ -66,6 +66,30 @@ PosInts = list[PosInt]
 NonNegInts = list[NonNegInt]
 
 
+@dataclass(frozen=True)
+class Choices:
+    values: tuple
+
+    def ok(self, v) -> bool:
+        return v in self.values
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+def OneOf(*values):  # noqa: N802 (reads as a type)
+    return Annotated[str, Choices(tuple(values))]
+
+
+@dataclass(frozen=True)
+class Component:
+    """A nested ``{type: name, ...}`` entry of a registered kind (checked against that class's constructor)."""
+    kind: str
+
+
+PartSpec = Annotated[dict | None, Component("part")]  # a pretrained part (vistok.parts): {type, path, ...}
+
+
 def Triple(t):  # noqa: N802 (reads as a type)
     return Annotated[list[t], Length(3)]
 

@@ -11,6 +11,11 @@ to ``<run>/token_cache/``; outside training (``scripts/pretokenize.py``) it is `
 on, and replacing a release never deletes a cache; the key (weights, config and data of the release) means a
 changed tokenizer never reuses stale codes. ``decode`` turns codes back into images (image grids while training).
 
+``text_encoder`` (a frozen text part, usually ``${model.text_encoder}``) also encodes each distinct caption once
+and caches the features beside the codes (``<cache>.text-<fingerprint>.safetensors``: ``features`` U,L,D and
+``index`` N), as LlamaGen pre-extracts its T5 features; items then carry ``text_features`` and the generator never
+loads the encoder to train.
+
 Encoding runs in chunks of ``chunk`` items, each saved atomically under ``<cache>.parts/`` before the
 merge: an interrupted encoding resumes from its finished chunks, and under torchrun / accelerate launch
 (an initialised process group, e.g. inside the trainer, or ``scripts/pretokenize.py``) the ranks encode
@@ -28,7 +33,7 @@ from torch.utils.data import Dataset
 
 from vistok.registry import register_dataset
 from vistok.io import atomic_write_json
-from vistok.schema import PosInt
+from vistok.schema import PartSpec, PosInt
 
 
 def _file_hash(path: str) -> str:
@@ -123,7 +128,7 @@ def cache_key(release: str, data: dict | None) -> str:
 @register_dataset("tokens")
 class TokenDataset(Dataset):
     def __init__(self, tokenizer: str, split: str = "train", batch_size: PosInt = 256, chunk: PosInt = 10000,
-                 flip: bool = False, cache_dir: str = ""):
+                 flip: bool = False, cache_dir: str = "", text_encoder: PartSpec = None):
         from vistok.data.base import build_dataset
 
         model, data_cfg = _release_tokenizer(tokenizer)
@@ -140,6 +145,12 @@ class TokenDataset(Dataset):
         self.codes = data[self.key].long() if self.key == "codes" else data[self.key]
         self.labels, self.captions = data["labels"], captions
         self.split, self.cache = split, cache
+        self.text_spec = text_encoder
+        self.text_features = self.text_index = None
+        if text_encoder:
+            if captions is None:
+                raise ValueError(f"data.text_encoder: the data of '{tokenizer}' has no captions to encode")
+            self.text_features, self.text_index = cached_text_features(text_encoder, captions, cache, batch_size)
 
     @staticmethod
     def check_model(cfg: dict, model) -> None:
@@ -150,6 +161,7 @@ class TokenDataset(Dataset):
                 model.check_fits({"tokenizer": tokenizer})
         except ValueError as e:
             raise ValueError(f"model does not fit data.tokenizer '{cfg['tokenizer']}': {e}") from None
+        check_text_encoder(cfg.get("text_encoder"), getattr(model, "encoded_text", None))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -161,6 +173,8 @@ class TokenDataset(Dataset):
         item = {self.key: x, "label": int(self.labels[i])}
         if self.captions is not None:
             item["caption"] = self.captions[i]
+        if self.text_features is not None:
+            item["text_features"] = self.text_features[self.text_index[i]]
         return item
 
     @torch.no_grad()
@@ -169,6 +183,57 @@ class TokenDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"TokenDataset({self.cache!r}, n={len(self)})"
+
+
+def check_text_encoder(spec: dict | None, encoded_text) -> None:
+    """The features the data caches must be the ones the generator reads: same encoder weights and options."""
+    if not spec:
+        return
+    if encoded_text is None:
+        raise ValueError("data.text_encoder is set, but the model has no text_encoder (model.text_encoder) to read "
+                         "the cached features")
+    from vistok.parts.base import LazyPart
+
+    def comparable(s):
+        return {k: s.get(k) for k in ("type", "fingerprint", "max_length", "feature", "subfolder")}
+
+    theirs, ours = comparable(LazyPart(torch.nn.Module(), spec, "text_encoder").spec()), comparable(encoded_text.lazy.spec())
+    if theirs != ours:
+        raise ValueError(f"data.text_encoder {theirs} is not the model's text_encoder {ours}: the cached features would "
+                         f"not be the ones the generator reads (use data.text_encoder: ${{model.text_encoder}})")
+
+
+@torch.no_grad()
+def cached_text_features(spec: dict, captions: list[str], cache: str, batch_size: int = 256):
+    """(features U,L,D of the distinct captions, index N into them), from ``<cache>.text-<key>.safetensors`` or
+    encoded now with the text part ``spec`` (written atomically; the key is the encoder's fingerprint and options)."""
+    from vistok.dist import world
+    from vistok.parts.base import LazyPart
+
+    owner = torch.nn.Module()
+    lazy = LazyPart(owner, spec, "text_encoder")
+    found = lazy.spec()
+    key = hashlib.sha256(json.dumps({k: v for k, v in found.items() if k != "path"}, sort_keys=True).encode()).hexdigest()[:16]
+    path = f"{cache}.text-{key}.safetensors"
+    distinct = sorted(set(captions))
+    if not os.path.isfile(path) and world()[0] == 0:
+        enc = lazy.get()
+        feats = torch.cat([enc.encode(distinct[i:i + batch_size]) for i in range(0, len(distinct), batch_size)])
+        tmp = path + f".{os.getpid()}.tmp"
+        save_file({"features": feats.contiguous()}, tmp)
+        os.replace(tmp, path)
+    _wait_for(path)
+    position = {c: i for i, c in enumerate(distinct)}
+    return load_file(path)["features"], torch.tensor([position[c] for c in captions], dtype=torch.long)
+
+
+def _wait_for(path: str) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"text feature cache '{path}' was not written")
 
 
 def _release_tokenizer(path: str):

@@ -8,7 +8,9 @@ s_1 x s_1, then for k > 1 the codes of scale k-1 embedded and upsampled (nearest
 block plus a learned scale embedding; block k predicts the s_k x s_k codes of scale k in parallel and
 attends to the condition and every block <= k (block-causal). Rotary positions are the token centres
 on the finest grid, so all scales share one coordinate frame. Sampling feeds one whole scale per step. The condition is a prefix of P tokens: one class embedding (a null
-class stands for "unconditional"), or, with ``text_vocab``, a caption encoded by a small trainable
+class stands for "unconditional"), or, with ``text_encoder``, the features of a frozen pretrained T5 / CLIP text
+encoder (``vistok.generators.encoded_text``: ``text_len`` = its max_length prefix tokens, as LlamaGen's T2I), or,
+with ``text_vocab``, a caption encoded by a small trainable
 bidirectional transformer over word ids (all-padding stands for "no caption"). Condition dropout in
 training makes the unconditional branch that classifier-free guidance needs. Rotary positions are 1-D (sequence index) or 2-D (row, column of the code on its grid).
 
@@ -28,12 +30,13 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from vistok.data.text import WordTokenizer
+from vistok.generators.encoded_text import EncodedText
 from vistok.modeling import VistokModel
 from vistok.nn.guidance import Guidance, drop_condition
 from vistok.nn.layout import TokenLayout
 from vistok.nn.transformer import Block, KVCache, RMSNorm, causal_mask, rope_angles
 from vistok.registry import register_model
-from vistok.schema import NonNegFloat, NonNegInt, PosFloat, PosInt, PosInts, Prob, Range
+from vistok.schema import NonNegFloat, NonNegInt, PartSpec, PosFloat, PosInt, PosInts, Prob, Range
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -84,7 +87,7 @@ class ARGenerator(VistokModel):
 
     @classmethod
     def default_pipeline(cls, config: dict) -> str:
-        return "text-to-image" if config.get("text_vocab") else "class-to-image"
+        return "text-to-image" if config.get("text_vocab") or config.get("text_encoder") else "class-to-image"
 
     def check_fits(self, components: dict) -> None:
         """This generator must speak its tokenizer's vocabulary on its token layout."""
@@ -124,6 +127,8 @@ class ARGenerator(VistokModel):
         text_vocab: list[str] = (),
         text_len: PosInt = 16,
         text_depth: NonNegInt = 2,
+        text_encoder: PartSpec = None,
+        text_dim: NonNegInt = 0,
         grad_checkpointing: bool = False,
         cond_rope: str = "identity",
         norm_eps: PosFloat = 1e-6,
@@ -145,15 +150,22 @@ class ARGenerator(VistokModel):
         self.cond_rope = cond_rope
         self.null_class = num_classes  # index of the "no condition" embedding
         self.depth, self.heads, self.head_dim = depth, heads, dim // heads
+        if text_vocab and text_encoder:
+            raise ValueError("ar: set model.text_vocab (the small trainable encoder) or model.text_encoder (a frozen "
+                             "pretrained one), not both")
         self.text = WordTokenizer(list(text_vocab), text_len) if text_vocab else None
+        self.encoded_text = EncodedText(self, text_encoder, dim, text_len, text_dim) if text_encoder else None
+        if text_encoder and not text_dim:
+            raise ValueError("ar: model.text_encoder needs model.text_dim (the encoder's feature width, e.g. 2048 for "
+                             "flan-t5-xl)")
         if self.text is not None:
             self.text_emb = nn.Embedding(self.text.size, dim)
             self.text_blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(text_depth))
             self.text_norm = RMSNorm(dim)
             self.register_buffer("text_positions", torch.arange(text_len)[:, None], persistent=False)
-        else:
+        elif self.encoded_text is None:
             self.class_emb = nn.Embedding(num_classes + 1, dim)
-        self.prefix = text_len if self.text is not None else 1  # condition tokens before the codes
+        self.prefix = text_len if self.text_conditional else 1  # condition tokens before the codes
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, norm_eps=norm_eps) for _ in range(depth))
         self.norm = RMSNorm(dim, norm_eps)
@@ -191,8 +203,14 @@ class ARGenerator(VistokModel):
                 nn.init.zeros_(m.bias)
 
     # ---- the condition --------------------------------------------------------------------------
+    @property
+    def text_conditional(self) -> bool:
+        return self.text is not None or self.encoded_text is not None
+
     def cond_embed(self, cond: torch.Tensor) -> torch.Tensor:
-        """Class ids B, or caption word ids B,text_len -> prefix embeddings B,P,dim."""
+        """Class ids B, caption word ids B,text_len, or text features B,text_len,text_dim -> prefix embeddings B,P,dim."""
+        if self.encoded_text is not None:
+            return self.encoded_text(cond)
         if self.text is None:
             return self.class_emb(cond)[:, None]
         x = self.text_emb(cond)
@@ -202,11 +220,20 @@ class ARGenerator(VistokModel):
         return self.text_norm(x)
 
     def null_condition(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(like) if self.text is not None else torch.full_like(like, self.null_class)
+        return torch.zeros_like(like) if self.text_conditional else torch.full_like(like, self.null_class)
 
     def condition(self, batch: dict) -> torch.Tensor:
-        """The batch's condition ids (labels, or tokenized captions), with condition dropout in training."""
-        if self.text is not None:
+        """The batch's condition (labels, tokenized captions, or text features: cached with the data as
+        ``text_features``, else encoded here), with condition dropout in training."""
+        if self.encoded_text is not None:
+            if "text_features" in batch:
+                cond = batch["text_features"].float()
+                self.encoded_text.check(cond, "the data's cached text_features")
+            elif "caption" in batch:
+                cond = self.encoded_text.encode(list(batch["caption"]), batch["codes"].device)
+            else:
+                raise ValueError("this generator is text-conditional: its training data needs captions")
+        elif self.text is not None:
             if "caption" not in batch:
                 raise ValueError("this generator is text-conditional: its training data needs captions")
             cond = self.text.encode(list(batch["caption"])).to(batch["codes"].device)
@@ -280,10 +307,12 @@ class ARGenerator(VistokModel):
                prompts: list[str] | None = None, strict_prompts: bool = True) -> torch.Tensor:
         """labels B (class ids; ``null_class`` for unconditional) or prompts (text-conditional generators)
         -> codes B,h,w (next-scale: B,L flat)."""
-        if self.text is not None:
+        if self.text_conditional:
             if prompts is None:
                 raise ValueError("this generator is text-conditional: pass prompts, not class labels")
-            labels = self.text.encode(prompts, strict=strict_prompts).to(next(self.parameters()).device)
+            device = next(self.parameters()).device
+            labels = (self.encoded_text.encode(prompts, device) if self.encoded_text is not None
+                      else self.text.encode(prompts, strict=strict_prompts).to(device))
         else:
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass class labels, not prompts")
@@ -347,7 +376,7 @@ class ARGenerator(VistokModel):
         if decode is None:
             return None
         g = torch.Generator(device=batch["codes"].device).manual_seed(0)
-        if self.text is not None:
+        if self.text_conditional:
             codes = self.sample(prompts=list(batch["caption"])[:n], cfg_scale=cfg_scale, generator=g, strict_prompts=False)
         else:
             codes = self.sample(batch["label"][:n], cfg_scale=cfg_scale, generator=g)

@@ -83,8 +83,10 @@ class Pipeline:
 
     # ---- loading and saving -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str) -> "Pipeline":
-        meta, components = load_components(path)
+    def from_pretrained(cls, path: str, parts: dict | None = None) -> "Pipeline":
+        """The release at ``path``; ``parts`` points pretrained parts at other folders (a release moved to another
+        machine): {"text_encoder": path} for whichever component holds it, or {"generator.text_encoder": path}."""
+        meta, components = load_components(path, parts=parts)
         meta_path = os.path.join(path, PIPELINE_NAME)
         klass = pipeline_class(meta["pipeline_type"])
         if cls is not Pipeline and not issubclass(klass, cls):

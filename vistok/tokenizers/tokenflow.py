@@ -10,8 +10,11 @@ Losses: pixel L1/L2 + w_vq * VQ (codebook + 0.25 commitment per half) + w_semant
 the semantic decoder's output and the frozen teacher's patch features; optionally lpips_weight * LPIPS
 (VGG-16 weights from ``lpips_path``) and, once the trainer starts the adversarial phase, gan_weight * a
 PatchGAN hinge term (TokenFlow: LPIPS 1, GAN 0.5 after 20k steps). The teacher (``teacher``: a
-local folder of a released ``vit_teacher``) is loaded when training needs it and is never part of
-the tokenizer's weights. ``semantic=False`` gives the ablation's pixel-only VQ with the same code
+local folder of a released ``vit_teacher``, or a pretrained part such as ``{type: clip_vision_projection, path:
+DIR, post_layernorm: true, project: true}``) is loaded when training needs it, frozen, and is never part of
+the tokenizer's weights. ``semantic_encoder`` (a pretrained vision part: CLIP, SigLIP, a timm ViTamin) replaces the
+in-project ViT as the semantic tower; TokenFlow fine-tunes it (``frozen: false``: saved with the tokenizer).
+Its token grid must equal the pixel encoder's. ``semantic=False`` gives the ablation's pixel-only VQ with the same code
 budget (codebook size and scales).
 
 Codes: one s x s map per scale, flattened in scale order (``scales``: the generator's token layout).
@@ -34,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vistok.modeling import VistokModel, freeze
+from vistok.parts.base import LazyPart, as_spec, build_part
 from vistok.nn.conv import Decoder, Encoder
 from vistok.nn.vit import TransformerStack, ViT
 from vistok.quantizers.dual import DualCodebook
@@ -41,7 +45,7 @@ from vistok.quantizers.multiscale import MultiScaleResidualVQ
 from vistok.quantizers.vq import VQ
 from vistok.registry import register_model
 from vistok.tokenizers.base import ImageTokenizer
-from vistok.schema import NonNegFloat, NonNegInt, PosFloat, PosInt, PosInts, Prob, Range
+from vistok.schema import NonNegFloat, NonNegInt, PartSpec, PosFloat, PosInt, PosInts, Prob, Range
 
 
 @register_model("tokenflow")
@@ -64,7 +68,8 @@ class TokenFlow(ImageTokenizer):
         sem_depth: PosInt = 12,
         sem_heads: PosInt = 12,
         sem_decoder_depth: NonNegInt = 3,
-        teacher: str = "",
+        semantic_encoder: PartSpec = None,
+        teacher: str | PartSpec = "",
         teacher_dim: PosInt = 768,
         codebook_size: PosInt = 32768,
         dim_sem: PosInt = 32,
@@ -95,7 +100,7 @@ class TokenFlow(ImageTokenizer):
         if scales[-1] != grid:
             raise ValueError(f"tokenflow: the last scale ({scales[-1]}) must equal the encoder grid {grid} "
                              f"(image_size {image_size}, ch_mult {list(ch_mult)})")
-        if semantic and not decode_only and image_size // sem_patch != grid:
+        if semantic and not decode_only and not semantic_encoder and image_size // sem_patch != grid:
             raise ValueError(f"tokenflow: semantic grid {image_size // sem_patch} (sem_patch {sem_patch}) != pixel grid {grid}")
         if decoder_input not in ("both", "pixel"):
             raise ValueError(f"tokenflow: decoder_input='{decoder_input}'; expected 'both' or 'pixel'")
@@ -115,7 +120,9 @@ class TokenFlow(ImageTokenizer):
                                          downsample_pad=downsample_pad, **arch)
             self.pixel_proj = nn.Conv2d(z_channels, dim_pix, 1)
         if semantic and not decode_only:
-            self.semantic_encoder = ViT(image_size, sem_patch, in_channels, sem_dim, sem_depth, sem_heads)
+            self.semantic_encoder = self._semantic_tower(semantic_encoder, image_size, sem_patch, in_channels, sem_dim,
+                                                         sem_depth, sem_heads)
+            sem_dim = getattr(self.semantic_encoder, "out_dim", sem_dim)
             self.semantic_proj = nn.Sequential(nn.Linear(sem_dim, sem_dim), nn.Tanh(), nn.Linear(sem_dim, dim_sem))
             self.semantic_decoder = nn.Sequential(nn.Linear(dim_sem, sem_dim),
                                                   TransformerStack(sem_dim, sem_decoder_depth, sem_heads, grid),
@@ -130,6 +137,18 @@ class TokenFlow(ImageTokenizer):
         self.decoder = Decoder(out_channels=in_channels, ch=decoder_ch or ch,
                                num_res_blocks=decoder_res_blocks or num_res_blocks, **arch)
         object.__setattr__(self, "_teacher", None)  # not a submodule: never in state_dict
+        if isinstance(as_spec(teacher), dict):
+            LazyPart(self, teacher, "teacher")
+
+    def _semantic_tower(self, spec, image_size, patch, in_channels, dim, depth, heads):
+        if not spec:
+            return ViT(image_size, patch, in_channels, dim, depth, heads)
+        tower = build_part(spec, "semantic_encoder")
+        if tower.grid != self.grid:
+            raise ValueError(f"tokenflow: model.semantic_encoder ({spec['type']} at '{spec['path']}') gives a "
+                             f"{tower.grid}x{tower.grid} token grid at its {tower.image_size}-px input; the pixel encoder's "
+                             f"grid is {self.grid}x{self.grid} (set the part's image_size, or model.image_size/ch_mult)")
+        return tower
 
     @property
     def num_tokens(self) -> int:
@@ -143,7 +162,8 @@ class TokenFlow(ImageTokenizer):
         pix = self.pixel_proj(self.pixel_encoder(images))
         if not self.semantic:
             return pix
-        tok = self.semantic_proj(self.semantic_encoder(images))  # B,N,d_sem
+        tower = self.semantic_encoder
+        tok = self.semantic_proj(tower.tokens(images) if hasattr(tower, "tokens") else tower(images))  # B,N,d_sem
         sem = tok.transpose(1, 2).reshape(images.shape[0], self.dim_sem, self.grid, self.grid)
         return torch.cat([sem, pix], 1)
 
@@ -172,14 +192,27 @@ class TokenFlow(ImageTokenizer):
     # ---- training -----------------------------------------------------------------------------
     def teacher(self):
         if self._teacher is None:
-            if not self.teacher_path:
-                raise ValueError("tokenflow: semantic training needs a teacher: set model.teacher to a released "
-                                 "vit_teacher folder (or model.w_semantic=0)")
+            t = self._load_teacher()
+            object.__setattr__(self, "_teacher", t.to(next(self.parameters()).device))
+        return self._teacher
+
+    def _load_teacher(self):
+        if not self.teacher_path:
+            raise ValueError("tokenflow: semantic training needs a teacher: set model.teacher to a released "
+                             "vit_teacher folder or a pretrained part (or model.w_semantic=0)")
+        if "teacher" in self.__dict__.get("_lazy_parts", {}):
+            t = self._lazy_parts["teacher"].get()
+            dim, grid = t.out_dim, t.grid
+        else:
             if not os.path.isdir(self.teacher_path):
                 raise FileNotFoundError(f"tokenflow: teacher folder '{self.teacher_path}' does not exist (model.teacher)")
             t = freeze(VistokModel.from_pretrained(self.teacher_path))
-            object.__setattr__(self, "_teacher", t.to(next(self.parameters()).device))
-        return self._teacher
+            dim, grid = t.dim, t.grid
+        expected = self.semantic_decoder[-1].out_features
+        if dim != expected or grid != self.grid:
+            raise ValueError(f"tokenflow: model.teacher gives {grid}x{grid} tokens of {dim} dims; the semantic decoder "
+                             f"predicts {self.grid}x{self.grid} of model.teacher_dim={expected}")
+        return t
 
     def forward(self, batch: dict, step: int = 0, loss_module=None, **_) -> dict:
         x = batch["image"]

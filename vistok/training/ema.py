@@ -1,6 +1,7 @@
 """EMA of the weights (diffusers ``EMAModel``), saved and loaded through accelerate's state hooks as
 ``ema.safetensors`` + ``ema.json`` inside each checkpoint (no pickle). EMA covers parameters; buffers
-(e.g. an EMA-learnt VQ codebook) are taken from the live model when a release is written."""
+(e.g. an EMA-learnt VQ codebook) are taken from the live model when a release is written. Only trainable
+parameters are tracked: a frozen pretrained part (a CLIP teacher, a T5 encoder) never changes."""
 from __future__ import annotations
 
 import json
@@ -13,9 +14,14 @@ from safetensors.torch import load_file, save_file
 from vistok.checkpoints import EMA_META, EMA_WEIGHTS
 
 
+def tracked(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters EMA follows: the trainable ones, in a fixed order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def attach_ema(accelerator, model: torch.nn.Module, decay: float) -> EMAModel:
-    ema = EMAModel(model.parameters(), decay=decay, foreach=True)
-    names = [n for n, _ in model.named_parameters()]
+    ema = EMAModel(tracked(model), decay=decay, foreach=True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:

@@ -14,6 +14,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from vistok.training.checkpointing import save_checkpoint
+from vistok.training.ema import tracked
 from vistok.training.visuals import evaluate_model, save_images, swapped_to_ema, to_device
 
 logger = get_logger("vistok.train")
@@ -145,7 +146,7 @@ class Engine:
         if hasattr(p.raw, "on_step_end"):
             p.raw.on_step_end(step)
         if p.ema is not None:
-            p.ema.step(p.raw.parameters())
+            p.ema.step(tracked(p.raw))
         last = step == t.max_steps
         if step % t.log_every == 0 or last:
             self._log(step, logs, grad_norm, pbar)

@@ -8,6 +8,7 @@ import torch
 
 from vistok.image_files import save_grid
 from vistok.ops import to_unit
+from vistok.training.ema import tracked
 
 
 @contextlib.contextmanager
@@ -16,14 +17,14 @@ def swapped_to_ema(raw, ema):
     was_training = raw.training
     raw.eval()
     if ema is not None:
-        ema.store(raw.parameters())
-        ema.copy_to(raw.parameters())
+        ema.store(tracked(raw))
+        ema.copy_to(tracked(raw))
     try:
         with torch.random.fork_rng(devices=[]):
             yield raw
     finally:
         if ema is not None:
-            ema.restore(raw.parameters())
+            ema.restore(tracked(raw))
         raw.train(was_training)
 
 
