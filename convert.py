@@ -3,7 +3,8 @@
 One sub-command per registered converter (``vistok/convert/``):
 
     python convert.py llamagen --vq vq_ds16_c2i.pt [--gpt c2i_B_256.pt] --out checkpoints/llamagen-b
-    python convert.py tokenflow --ckpt tokenflow_clipb_32k_enhanced.pt --out checkpoints/tokenflow-clipb
+    python convert.py tokenflow --ckpt tokenflow_clipb_32k_enhanced.pt --out checkpoints/tokenflow-clipb \
+        [--semantic-encoder checkpoints/hf/clip-vit-base-patch16]
                       [--scales 1 2 4 6 8 10 12 14]
     python convert.py mar-kl16 --vae kl16.ckpt --out checkpoints/kl16-imagenet
     python convert.py xar --vae kl16.ckpt --ckpt xAR-B.pth --out checkpoints/xar-b

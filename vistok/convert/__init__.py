@@ -2,8 +2,8 @@
 
     llamagen_vq   LlamaGen VQ-16/VQ-8 tokenizers (``vq_ds16_c2i.pt``...) -> ``vqgan``, exact
     llamagen_gpt  LlamaGen class-conditional GPTs (``c2i_B_256.pt``...) -> ``ar`` (weights; see its notes)
-    tokenflow     TokenFlow tokenizers (``tokenflow_clipb_32k_enhanced.pt``...) -> ``tokenflow``'s pixel
-                  branch and dual codebook: decodes codes exactly; encoding needs the CLIP/ViTamin/SigLIP tower
+    tokenflow     TokenFlow tokenizers (``tokenflow_clipb_32k_enhanced.pt``...) -> ``tokenflow``: decodes codes
+                  exactly; with ``--semantic-encoder DIR`` (the tower's architecture folder) it encodes too
 
 Every file is read weights-only (``torch.load(weights_only=True)`` or safetensors): nothing is unpickled.
 """
