@@ -48,6 +48,9 @@ def build_parser(pipeline: str | None):
     p.add_argument("--npz", action="store_true", help="also write samples.npz (uint8 arr_0, ADM FID suite layout)")
     p.add_argument("--compile", action="store_true", help="torch.compile what sampling spends its time in "
                                                           "(pays off on GPUs for large runs)")
+    p.add_argument("--part", action="append", default=[], metavar="NAME=DIR",
+                   help="point a pretrained part of the release at another folder (a release moved to another "
+                        "machine), e.g. --part text_encoder=/models/flan-t5-xl or generator.text_encoder=DIR")
     add_debug(p)
     cls, meta = None, None
     if pipeline and os.path.isfile(os.path.join(pipeline, "pipeline.json")):
@@ -62,6 +65,17 @@ def build_parser(pipeline: str | None):
 
         add_option_flags(p, cls.option_classes(meta["components"]))
     return p, cls, meta
+
+
+def part_paths(entries: list[str]) -> dict:
+    """--part NAME=DIR ... -> {NAME: DIR}; a malformed entry is named."""
+    out = {}
+    for e in entries:
+        name, sep, path = e.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--part '{e}': expected NAME=DIR (e.g. text_encoder=/models/flan-t5-xl)")
+        out[name] = path
+    return out
 
 
 def main(argv=None) -> int:
@@ -91,7 +105,7 @@ def _main(argv=None) -> int:
     from vistok.pipelines.options import collect
     from vistok.pipelines.writers import build_writers
 
-    pipe = Pipeline.from_pretrained(args.pipeline)
+    pipe = Pipeline.from_pretrained(args.pipeline, parts=part_paths(args.part))
     if args.compile:
         pipe.compile()
     state = PartialState(cpu=not torch.cuda.is_available())

@@ -79,3 +79,21 @@ def psnr_baselines(images):
         return meter.compute(sync=False)["psnr"]
 
     return {"black": psnr(torch.full_like(images, -1.0)), "mean": psnr(images.mean(0, keepdim=True).expand_as(images))}
+
+
+def trained_vs_fresh(cfg, batch: dict):
+    """(the losses of a freshly built model on ``batch``, the same after ``train(cfg)``, the trained model): the
+    fresh one is built as the trainer builds it (seed 0) and both are read in training mode without gradients."""
+    from vistok.config import build
+    from vistok.loading import model_from_run
+    from vistok.training.trainer import train
+
+    torch.manual_seed(0)
+    fresh = build("model", cfg.model)
+    with torch.no_grad():
+        before = fresh.train()(batch)
+    train(cfg)
+    model, _, _ = model_from_run(cfg.train.output_dir, use_ema=False)
+    with torch.no_grad():
+        after = model.train()(batch)
+    return before, after, model

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from tests import tiny_hf
-from tests.conftest import ROOT
+from tests.conftest import ROOT, call_cli, trained_vs_fresh
 from vistok.config import load_config
 from vistok.loading import model_from_run
 from vistok.training.trainer import train
@@ -29,17 +29,8 @@ def test_tokenflow_trains_with_a_clip_teacher_and_tower(tmp_path):
         "train.batch_size=16", "train.max_steps=30", "train.checkpoint_every=30", "train.lr=3e-3",
         f"train.output_dir={tmp_path / 'run'}"])
     from vistok.data.mnist import MNIST
-    from vistok.tokenizers.tokenflow import TokenFlow
 
-    batch = {"image": MNIST("train", limit=64).images}
-    torch.manual_seed(0)
-    fresh = TokenFlow(**{k: v for k, v in cfg.model.items() if k != "type"})
-    with torch.no_grad():
-        before = fresh(batch)
-    train(cfg)
-    model, _, _ = model_from_run(str(tmp_path / "run"), use_ema=False)
-    with torch.no_grad():
-        after = model.train()(batch)
+    before, after, model = trained_vs_fresh(cfg, {"image": MNIST("train", limit=64).images})
     assert float(after["semantic"]) < float(before["semantic"]) and float(after["rec"]) < 0.5 * float(before["rec"])
     ckpt = next(p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("checkpoint-"))
     with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
@@ -105,3 +96,11 @@ def test_text_conditional_ar_trains_over_a_frozen_t5_with_cached_features(tmp_pa
     g = torch.Generator().manual_seed(0)
     again = pipe.generator.sample(prompts=["a red circle", "two blue squares"], cfg_scale=2.0, generator=g, use_cache=False)
     assert torch.equal(codes, again)  # the KV cache over the T5 prefix gives the recomputed samples
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"tag": "single_object", "prompt": "a red circle",
+                                   "include": [{"class": "circle", "count": 1}]}) + "\n")
+    args = ["sample.py", "--pipeline", str(tmp_path / "pipe"), "--prompts", str(prompts), "--images-per-prompt", "2"]
+    lost = call_cli(args + ["--out", str(tmp_path / "s0")], check=False)
+    assert lost.returncode == 2 and "text_encoder" in lost.stderr and t5 in lost.stderr
+    call_cli(args + ["--out", str(tmp_path / "s1"), "--part", f"text_encoder={tmp_path / 't5_moved'}"])
+    assert sorted(os.listdir(tmp_path / "s1" / "00000" / "samples")) == ["0000.png", "0001.png"]

@@ -8,8 +8,7 @@ import torch
 from vistok.config import load_config
 from vistok.tokenizers.semantic_teacher import ContrastiveViT, random_affine
 from vistok.tokenizers.tokenflow import TokenFlow
-from vistok.training.trainer import train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, trained_vs_fresh
 
 TINY = ["model.ch=8", "model.z_channels=16", "model.sem_dim=32", "model.sem_depth=1", "model.sem_heads=2",
         "model.teacher_dim=32", "model.codebook_size=64", "train.batch_size=16", "data.limit=64",
@@ -33,17 +32,7 @@ def test_tokenflow_trains_with_frozen_teacher_outside_its_weights(teacher_dir, t
     from vistok.data.mnist import MNIST
 
     batch = {"image": MNIST("train", limit=64).images}
-    torch.manual_seed(0)
-    fresh = TokenFlow(**{k: v for k, v in cfg.model.items() if k != "type"})
-    with torch.no_grad():
-        before = fresh(batch)
-    train(cfg)
-    from vistok.loading import model_from_run
-
-    model, _, _ = model_from_run(str(tmp_path / "run"), use_ema=False)
-    assert not any(k.startswith("_teacher") for k in model.state_dict())
-    with torch.no_grad():
-        after = model.train()(batch)
+    before, after, model = trained_vs_fresh(cfg, batch)
     assert float(after["rec"]) < 0.5 * float(before["rec"])
     assert float(after["semantic"]) < float(before["semantic"])
     model.eval()

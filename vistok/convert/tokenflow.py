@@ -213,6 +213,21 @@ def _shape(state: dict, key: str, path: str, want: tuple, what: str) -> None:
                          f"({what})")
 
 
+def _semantic_widths(state: dict, path: str, arch: dict, enc: dict) -> tuple[int, int]:
+    """(the tower's width E, the feature decoder's output width), with the shapes the vistok side is built from
+    checked against each other before anything is built."""
+    z, dim_pix, dim_sem = enc["z_channels"], arch["dim_pix"], arch["dim_sem"]
+    _shape(state, "quant_conv.weight", path, (dim_pix, z, 1, 1),
+           "the pixel half: z_channels -> the pixel codebook's dim")
+    _shape(state, "encode_task_layer.0.weight", path, (None, None), "Linear(E, E) after the semantic tower")
+    width = state["encode_task_layer.0.weight"].shape[1]
+    _shape(state, "encode_task_layer.0.weight", path, (width, width), "Linear(E, E) after the semantic tower")
+    _shape(state, "encode_task_layer.2.weight", path, (dim_sem, width),
+           "Linear(E, dim_sem): the semantic codebook's dim")
+    out = state.get("decode_task_layer.2.weight")
+    return width, (out.shape[0] if out is not None and out.dim() == 2 else width)
+
+
 def _convert_with_encoder(path, state, arch, enc, dec, teacher, folder, kind):
     from vistok.tokenizers.tokenflow import TokenFlow
 
@@ -229,17 +244,7 @@ def _convert_with_encoder(path, state, arch, enc, dec, teacher, folder, kind):
         raise ValueError(f"{path}: the checkpoint's '{TOWER}*' keys are in the '{layout}' layout, which is not a "
                          f"{kind} tower (expected {'/'.join(LAYOUTS[kind])}; no '{TOWER}' keys means the tower is "
                          f"not in this checkpoint)")
-    # shapes the vistok side is built from: check them against each other before building anything
-    z, dim_pix, dim_sem = enc["z_channels"], arch["dim_pix"], arch["dim_sem"]
-    _shape(state, "quant_conv.weight", path, (dim_pix, z, 1, 1),
-           "the pixel half: z_channels -> the pixel codebook's dim")
-    _shape(state, "encode_task_layer.0.weight", path, (None, None), "Linear(E, E) after the semantic tower")
-    width = state["encode_task_layer.0.weight"].shape[1]
-    _shape(state, "encode_task_layer.0.weight", path, (width, width), "Linear(E, E) after the semantic tower")
-    _shape(state, "encode_task_layer.2.weight", path, (dim_sem, width),
-           "Linear(E, dim_sem): the semantic codebook's dim")
-    out = state.get("decode_task_layer.2.weight")
-    teacher_dim = out.shape[0] if out is not None and out.dim() == 2 else width
+    width, teacher_dim = _semantic_widths(state, path, arch, enc)
     heads = next(h for h in range(12, 0, -1) if width % h == 0)  # TokenFlow's feature decoder: 12 heads
     spec = semantic_spec(kind, folder, arch["scales"][-1])
     model = TokenFlow(**arch, semantic_encoder=spec, sem_dim=width, sem_heads=heads, teacher_dim=teacher_dim)

@@ -23,6 +23,7 @@ from vistok.registry import lookup
 from vistok.schema import OneOf
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DtypeName = OneOf(*DTYPES)
 
 
 class Part(nn.Module):
@@ -34,7 +35,7 @@ class Part(nn.Module):
     needs: tuple[str, ...] = ("config.json",)
     config_files: tuple[str, ...] = ("config.json",)  # copied for a fine-tuned part (see save_configs)
 
-    def __init__(self, path: str, frozen: bool = True, dtype: OneOf("float32", "bfloat16", "float16") = "float32",
+    def __init__(self, path: str, frozen: bool = True, dtype: DtypeName = "float32",
                  fingerprint: str = ""):
         super().__init__()
         self.path, self.frozen, self.dtype_name, self.recorded = path, frozen, dtype, fingerprint
