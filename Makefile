@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-shapes demo-xar test test-fast setup clean bench
+.PHONY: demo demo-shapes demo-xar demo-seed test test-fast setup clean bench
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ demo-shapes: $(STAMP)
 
 demo-xar: $(STAMP)
 	$(BIN)/python scripts/demo_xar.py
+
+demo-seed: $(STAMP)
+	$(BIN)/python scripts/demo_seed.py
 
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache

@@ -106,6 +106,11 @@ def as_spec(spec):
     return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
 
 
+def on_meta_device() -> bool:
+    """Inside ``with torch.device("meta")``: models are built for their shapes only (parameter counts)."""
+    return torch.empty(0).device.type == "meta"
+
+
 def build_part(spec: dict | str | None, key: str) -> Part | None:
     """The part a config entry names (None for an empty entry). Inside ``VistokModel.from_pretrained`` a frozen
     part is read from its (possibly remapped) folder and its fingerprint checked; a fine-tuned one is built from
@@ -126,7 +131,7 @@ def build_part(spec: dict | str | None, key: str) -> Part | None:
         opts["path"] = loading.parts.get(key, opts["path"])
     part = cls(**opts)
     part.config_key = key
-    source, read_weights = part.folder(), True
+    source, read_weights = part.folder(), not on_meta_device()  # on meta (shapes only) a folder's config suffices
     if loading is not None and not part.frozen:
         saved = os.path.join(loading.folder, PARTS_DIR, key)
         source, read_weights = (saved if os.path.isdir(saved) else source), False

@@ -8,7 +8,9 @@ Quantisation always runs in fp32, also under bf16 autocast: nearest-code search 
 
 vector-quantize-pytorch has no l2-normalised codebook learnt by gradients (LlamaGen's VQ-16, which
 Layton reuses): ``l2_norm=True, ema=False`` uses ``L2NormVQ`` below, LlamaGen's formulation
-(codebook loss + beta * commitment, both on l2-normalised vectors, straight-through).
+(codebook loss + beta * commitment, both on l2-normalised vectors, straight-through). Nor does it weigh the
+codebook term apart from the commitment term: ``EuclideanVQ`` (SEED's plain VQ, taming's ``legacy`` beta
+placement by default) does.
 """
 from __future__ import annotations
 
@@ -86,3 +88,33 @@ class L2NormVQ(nn.Module):
 
     def get_output_from_indices(self, codes: torch.Tensor) -> torch.Tensor:
         return self.codebook()[codes].permute(0, 3, 1, 2)
+
+
+class EuclideanVQ(nn.Module):
+    """Nearest code by Euclidean distance (no normalisation, no EMA), codebook learnt by gradients, over tokens
+    B,N,D. ``beta_on="codebook"`` is SEED's (taming's legacy) placement: ||sg(zq) - z||^2 + beta ||zq - sg(z)||^2,
+    i.e. the commitment term at weight 1 and the codebook term at beta; ``"commitment"`` the usual one
+    (||zq - sg(z)||^2 + beta ||sg(zq) - z||^2). Straight-through gradient to z."""
+
+    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, beta_on: str = "codebook"):
+        super().__init__()
+        if beta_on not in ("codebook", "commitment"):
+            raise ValueError(f"beta_on='{beta_on}'; expected 'codebook' (SEED's placement) or 'commitment'")
+        self.embedding = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size))
+        self.codebook_size, self.beta, self.beta_on = codebook_size, beta, beta_on
+
+    def forward(self, z: torch.Tensor):
+        """z B,N,D -> (quantised B,N,D straight-through, codes B,N, loss)."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = z.float().reshape(-1, z.shape[-1])
+            cb = self.embedding.float()
+            dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.t() + cb.pow(2).sum(1)[None]
+            codes = dist.argmin(-1)
+            zq = cb[codes]
+            commit, book = F.mse_loss(flat, zq.detach()), F.mse_loss(zq, flat.detach())
+            loss = commit + self.beta * book if self.beta_on == "codebook" else book + self.beta * commit
+            zq = flat + (zq - flat).detach()
+        return zq.reshape(z.shape).to(z.dtype), codes.reshape(z.shape[:-1]), loss
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.embedding[codes]

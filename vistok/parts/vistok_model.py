@@ -1,0 +1,41 @@
+"""A saved vistok model as a part (``{type: vistok, path: checkpoints/teacher-shapes}``): the in-project stand-ins
+for pretrained towers on CPU (the self-supervised ViT teachers) take the same config form as CLIP or EVA. The
+model reads vistok's [-1, 1] images itself; it must provide ``tokens(images) -> B,N,D`` and may provide
+``embed(images) -> B,D`` (the teachers do)."""
+from __future__ import annotations
+
+import torch
+
+from vistok.modeling import CONFIG_NAME, VistokModel, read_model_config
+from vistok.parts.base import Part
+from vistok.registry import register_part
+
+
+@register_part("vistok")
+class VistokPart(Part):
+    expected, model_class = "vistok model", "VistokModel (config.json + model.safetensors)"
+    needs = (CONFIG_NAME, "model.safetensors")
+    config_files = (CONFIG_NAME,)
+
+    def load(self, folder: str, read_weights: bool) -> None:
+        if read_weights:
+            self.model = VistokModel.from_pretrained(folder)
+        else:
+            from vistok.modeling import resolve_class
+
+            cfg = read_model_config(folder)
+            cls = resolve_class(VistokModel, cfg, folder)
+            self.model = cls(**{k: v for k, v in cfg.items() if k not in ("model_type", "vistok_version", "format_version")})
+        if not hasattr(self.model, "tokens"):
+            raise ValueError(f"part '{self.config_key}': the '{self.model.model_type}' model in '{folder}' has no "
+                             f"tokens(images); a vision part needs one")
+        self.model.to(self.torch_dtype)
+        self.grid, self.dim = getattr(self.model, "grid", 0), getattr(self.model, "dim", 0)
+        self.out_dim = self.dim
+        self.image_size = getattr(self.model, "image_size", 0) or self.grid * getattr(self.model, "patch", 1)
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.tokens(images.to(self.torch_dtype))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(images.to(self.torch_dtype))
