@@ -111,3 +111,24 @@ def test_two_ranks_sample_disjoint_files_equal_to_one_process(quick_demo, tmp_pa
         b = np.asarray(Image.open(tmp_path / "two" / f"{i:05d}.png"))
         assert np.array_equal(a, b)
     assert json.loads((tmp_path / "two" / "sampling.json").read_text())["num_processes"] == 2
+
+
+@pytest.mark.slow
+def test_demo_seed_quick(tmp_path):
+    """`make demo-seed`'s chain: both SEED stages, the decoder, the release and the three evaluations."""
+    out, rel = tmp_path / "seed", tmp_path / "rel"
+    proc = run_cli(["scripts/demo_seed.py", "--quick", "--out", str(out), "--release", str(rel), "--eval-items", "64",
+                    "--decode-items", "16"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    s1, s2, dec = metrics["stage1"], metrics["stage2"], metrics["decode"]
+    assert s1["stage"] == 1 and s1["num_pairs"] == 64 and s2["stage"] == 2 and 0 < s2["codebook_usage"] <= 1
+    # chance is the held-out captions' own: recomputed from the split the evaluation read
+    from vistok.data.shapes import ShapesWorld
+    from vistok.metrics.retrieval import chance_recall
+
+    caps = [ShapesWorld("test", size=256, max_objects=2).scene(i)["caption"] for i in range(64)]
+    assert abs(chance_recall(caps, caps)["R@1"] - s1["chance_R@1"]) < 1e-9
+    assert dec["num_scenes"] == 16 and dec["real_scenes_ceiling"] >= 0.9
+    assert json.loads((rel / "pipeline.json").read_text())["pipeline_type"] == "seed"
+    assert (out / "decoded.png").is_file() and "decoded.png" in (out / "report.md").read_text()
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["decode"]["decoded_match"] == dec["decoded_match"]
