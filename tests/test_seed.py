@@ -169,3 +169,22 @@ def test_contrastive_loss_over_two_processes_equals_one(teacher, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert (a["world"], b["world"]) == (1, 2) and abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
+
+
+def test_seed_release_round_trip_encodes_and_decodes_the_same(teacher, tmp_path):
+    """tokenizer + decoder -> a 'seed' release -> Pipeline.from_pretrained: equal codes, equal images for a seed."""
+    from tests.test_seed_decoder import tiny_decoder
+    from vistok.pipelines.base import Pipeline
+
+    torch.manual_seed(0)
+    tok = tiny_seed(teacher, stage=2).eval()
+    dec = tiny_decoder(teacher, embed_dim=32).eval()
+    pipe = Pipeline.for_components({"tokenizer": tok, "decoder": dec}, data={"type": "shapes", "max_objects": 2})
+    assert pipe.pipeline_type == "seed"
+    pipe.save_pretrained(str(tmp_path / "rel"))
+    loaded = Pipeline.from_pretrained(str(tmp_path / "rel"))
+    x = batch_of(4)["image"]
+    codes = pipe.encode(x)
+    assert torch.equal(loaded.encode(x), codes)
+    a, b = pipe.decode(codes, seed=3), loaded.decode(codes, seed=3)
+    assert a.shape == (4, 3, 32, 32) and torch.equal(a, b)
