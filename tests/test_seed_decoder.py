@@ -338,15 +338,7 @@ def test_the_shapes_config_trains_releases_and_samples(teacher_dir, tmp_path):
 
 # ---- paper scale: the frozen SD-2.1-unCLIP pipeline ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def unclip_dir(tmp_path_factory):
-    from tests.test_parts_sd import tiny_unclip
-    from vistok.parts.sd import quiet_diffusers
-
-    folder = str(tmp_path_factory.mktemp("unclip"))
-    with quiet_diffusers():
-        tiny_unclip().save_pretrained(folder)
-    return folder
+from tests.test_parts_sd import unclip_dir  # noqa: E402,F401 (the tiny SD-2.1-unCLIP folder fixture)
 
 
 def test_stable_unclip_mode_generates_from_an_embedding(unclip_dir, tmp_path):

@@ -22,7 +22,7 @@ def tokenizer_and_data(path: str):
     else:
         model, cfg, _ = model_from_run(path)
         data = cfg.data
-    if model.model_type != "seed":
+    if model.model_type != "seed_tokenizer":
         raise ValueError(f"--tokenizer {path}: a '{model.model_type}' model, not a SEED tokenizer")
     return model.eval(), data
 

@@ -53,6 +53,18 @@ class Pipeline:
         """A pipeline of the type given, or of the type the components' driver declares."""
         return pipeline_class(pipeline_type or default_type(components))(components, **kw)
 
+    def options_by_component(self, options: dict) -> tuple[dict, dict]:
+        """({component name: the options its SamplingOptions declares}, the options no component declares)."""
+        import dataclasses
+
+        out, claimed = {}, set()
+        for name, model in self.components.items():
+            opts = getattr(type(model), "SamplingOptions", None)
+            fields = {f.name for f in dataclasses.fields(opts)} if opts is not None else set()
+            out[name] = {k: v for k, v in options.items() if k in fields}
+            claimed |= set(out[name])
+        return out, {k: v for k, v in options.items() if k not in claimed}
+
     # ---- checks ---------------------------------------------------------------------------------
     @classmethod
     def roles(cls) -> dict:

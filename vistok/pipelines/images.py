@@ -37,15 +37,7 @@ class ImagePipeline(Pipeline):
     def split_options(self, options: dict) -> dict:
         """{component name: the options its SamplingOptions declares}; options no component declares go to the
         generator (a plug-in generator may take keywords without declaring them)."""
-        import dataclasses
-
-        out, claimed = {}, set()
-        for name, model in self.components.items():
-            opts = getattr(type(model), "SamplingOptions", None)
-            fields = {f.name for f in dataclasses.fields(opts)} if opts is not None else set()
-            out[name] = {k: v for k, v in options.items() if k in fields}
-            claimed |= set(out[name])
-        rest = {k: v for k, v in options.items() if k not in claimed}
+        out, rest = self.options_by_component(options)
         if rest and "generator" not in self.components:
             raise ValueError(f"sampling options {sorted(rest)} are not options of this pipeline's components")
         out["generator"] = {**out.get("generator", {}), **rest}

@@ -55,15 +55,8 @@ class SeedPipeline(ImagePipeline):
 
     def split_options(self, options: dict) -> dict:
         """{component: its options}; an option no component declares is an error (there is no generator)."""
-        import dataclasses
-
-        out, claimed = {}, set()
-        for name, model in self.components.items():
-            opts = getattr(type(model), "SamplingOptions", None)
-            fields = {f.name for f in dataclasses.fields(opts)} if opts is not None else set()
-            out[name] = {k: v for k, v in options.items() if k in fields}
-            claimed |= set(out[name])
-        rest = sorted(set(options) - claimed)
+        out, rest = self.options_by_component(options)
+        rest = sorted(rest)
         if rest:
             raise ValueError(f"sampling options {rest} are not options of this pipeline's components "
                              f"({sorted(self.components)})")

@@ -43,7 +43,7 @@ def vit_blocks(dim: int, depth: int, heads: int) -> nn.ModuleList:
                          for _ in range(depth))
 
 
-@register_model("seed")
+@register_model("seed_tokenizer")
 class SEEDTokenizer(Tokenizer):
     input_key = "image"
 
