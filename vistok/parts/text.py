@@ -15,7 +15,7 @@ import torch
 from vistok.parts.base import Part
 from vistok.parts.blip2 import load_tokenizer
 from vistok.parts.hf import load_hf_model
-from vistok.parts.vision import FEATURE, check_feature
+from vistok.parts.vision import check_feature, select_hidden
 from vistok.registry import register_part
 from vistok.schema import PosInt
 
@@ -58,9 +58,7 @@ class TextEncoder(Part):
         ids, mask = self.tokenize(prompts)
         device = next(self.model.parameters()).device
         out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=self.feature != "last_hidden_state")
-        m = FEATURE.match(self.feature)
-        h = out.last_hidden_state if m.group(2) is None else out.hidden_states[int(m.group(2))]
-        return h.float() * mask.to(device)[..., None]
+        return select_hidden(out, self.feature).float() * mask.to(device)[..., None]
 
 
 @register_part("t5_encoder")

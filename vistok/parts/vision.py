@@ -25,6 +25,12 @@ from vistok.schema import NonNegInt
 FEATURE = re.compile(r"^(last_hidden_state|hidden_states\[(-?\d+)\])$")
 
 
+def select_hidden(out, feature: str):
+    """The hidden states ``feature`` names from a transformers output (``last_hidden_state`` or ``hidden_states[i]``)."""
+    i = FEATURE.match(feature).group(2)
+    return out.last_hidden_state if i is None else out.hidden_states[int(i)]
+
+
 def check_feature(feature: str, key: str = "feature") -> None:
     if not FEATURE.match(feature):
         raise ValueError(f"{key}='{feature}'; expected 'last_hidden_state' or 'hidden_states[i]' (e.g. hidden_states[-2])")
@@ -68,9 +74,7 @@ class HFVision(Part):
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch features B, grid*grid, D at ``feature`` (class token dropped)."""
-        out = self._hidden(images)
-        m = FEATURE.match(self.feature)
-        h = out.last_hidden_state if m.group(2) is None else out.hidden_states[int(m.group(2))]
+        h = select_hidden(self._hidden(images), self.feature)
         h = h[:, 1:] if self.has_cls else h
         if self.post_norm:
             h = self.tower.post_layernorm(h)
