@@ -14,6 +14,10 @@
     # super-resolution (e.g. convert.py catanet): upscale every image of a folder [tiled for big images]
     python sample.py --pipeline checkpoints/catanet-x2 --images DIR_IN --out DIR [--tile 256 --tile-overlap 16]
     # a pipeline with an sr component also writes DIR/sr/<index>.png: the samples upscaled (the cascade)
+    # SEED-LLaMA (tokenizer + decoder + seed_llama generator): prompts -> images, and the same release images -> text
+    python sample.py --pipeline checkpoints/demo-seed-llama --out DIR --prompts PROMPTS.jsonl --cfg-scale 3
+    python sample.py --pipeline checkpoints/demo-seed-llama --pipeline-type seed-image-to-text --out DIR \
+        [--num-images 64 | --images DIR_IN] --temperature 0     # DIR/captions.jsonl
 
 Writes what the pipeline's writers write (DIR/<index>.png, DIR/grid.png; --writer npz adds samples.npz) and
 DIR/sampling.json (every setting and, for class-conditional samples, the label of each image, so a number can
@@ -34,7 +38,7 @@ from vistok.cli import add_debug, ranged, run
 from vistok.image_files import clear_samples, guard_samples_dir, start_samples, write_json
 
 
-def build_parser(pipeline: str | None):
+def build_parser(pipeline: str | None, pipeline_type: str | None = None):
     """The common flags, then those of the pipeline's type and of its components' sampling options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", required=True, help="a release folder (checkpoints/NAME)")
@@ -51,6 +55,8 @@ def build_parser(pipeline: str | None):
     p.add_argument("--part", action="append", default=[], metavar="NAME=DIR",
                    help="point a pretrained part of the release at another folder (a release moved to another "
                         "machine), e.g. --part text_encoder=/models/flan-t5-xl or generator.text_encoder=DIR")
+    p.add_argument("--pipeline-type", help="sample the release as another pipeline type its components fit (e.g. "
+                                            "seed-image-to-text for a seed-text-to-image release)")
     add_debug(p)
     cls, meta = None, None
     if pipeline and os.path.isfile(os.path.join(pipeline, "pipeline.json")):
@@ -58,8 +64,9 @@ def build_parser(pipeline: str | None):
         from vistok.release_format import read_meta
 
         meta = read_meta(pipeline)
-        cls = pipeline_class(meta["pipeline_type"])
-        group = p.add_argument_group(f"inputs of a '{meta['pipeline_type']}' pipeline")
+        cls = pipeline_class(pipeline_type or meta["pipeline_type"])
+        meta = {**meta, "components": {k: v for k, v in meta["components"].items() if k in cls.roles()}}
+        group = p.add_argument_group(f"inputs of a '{cls.registered_name}' pipeline")
         cls.add_arguments(group)
         from vistok.pipelines.options import add_option_flags
 
@@ -91,13 +98,14 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--pipeline")
+    pre.add_argument("--pipeline-type")
     known, _ = pre.parse_known_args(argv)
     if known.pipeline and not os.path.isfile(os.path.join(known.pipeline, "pipeline.json")):
         from vistok.release_format import not_a_release
 
         if not {"-h", "--help"} & set(argv or sys.argv[1:]):
             raise FileNotFoundError(not_a_release(known.pipeline))
-    parser, cls, meta = build_parser(known.pipeline)
+    parser, cls, meta = build_parser(known.pipeline, known.pipeline_type)
     args = parser.parse_args(argv)
     guard_samples_dir(args.out, args.overwrite, inputs=[getattr(args, "images", None), args.pipeline])  # before any work
     from vistok.version import __version__
@@ -105,7 +113,7 @@ def _main(argv=None) -> int:
     from vistok.pipelines.options import collect
     from vistok.pipelines.writers import build_writers
 
-    pipe = Pipeline.from_pretrained(args.pipeline, parts=part_paths(args.part))
+    pipe = Pipeline.from_pretrained(args.pipeline, parts=part_paths(args.part), pipeline_type=args.pipeline_type)
     if args.compile:
         pipe.compile()
     state = PartialState(cpu=not torch.cuda.is_available())

@@ -118,6 +118,24 @@ def clip_text(folder: str, hidden: int = 16, seed: int = 0):
     return model
 
 
+LLAMA_SPECIALS = ("<pad>", "</s>", "<unk>", "<s>")
+
+
+def tiny_llama(folder: str, hidden: int = 32, seed: int = 0):
+    """A LlamaForCausalLM folder (the layout of a Llama / Vicuna copy, untied LM head) + its tokenizer (<s> bos)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _quiet()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(LLAMA_SPECIALS) + len(WORDS), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=3, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    word_tokenizer(folder, specials=LLAMA_SPECIALS, bos="<s>")
+    return model
+
+
 def saved_tensors(folder: str) -> dict:
     from safetensors.torch import load_file
 

@@ -9,6 +9,11 @@ its ``fingerprint`` (``vistok.parts.folders.fingerprint``), and loading a saved 
 folder again, or from the one ``from_pretrained(..., parts={key: new_path})`` names, refusing a folder whose
 fingerprint differs. A part with ``frozen: false`` is fine-tuned: initialised from the folder, then saved with
 its owner's weights (its folder's config files under ``parts/<key>/``), and rebuilt from those when loaded.
+
+A frozen part may still train a few tensors of its own (LoRA adapters over a frozen LLM, ``vistok.parts.causal_lm``):
+it names them in ``trained_keys()`` (relative to the part; none by default). Those keep ``requires_grad``
+(``Part.freeze``), are in the owner's ``state_dict`` (a strict load needs them: they are never filled from the
+folder's weights), and the part follows ``train()`` / ``eval()`` instead of staying in eval mode.
 """
 from __future__ import annotations
 
@@ -73,21 +78,37 @@ class Part(nn.Module):
             if os.path.isfile(src):
                 shutil.copyfile(src, os.path.join(out, name))
 
+    def trained_keys(self) -> set[str]:
+        """The ``state_dict`` names (relative to the part) of the tensors that train and are saved with the owner
+        although the part is frozen (LoRA adapters); none by default."""
+        return set()
+
+    def freeze(self) -> None:
+        """A frozen part's gradients: off, except on its ``trained_keys``."""
+        keep = self.trained_keys()
+        for name, p in self.named_parameters():
+            p.requires_grad_(name in keep)
+
     def train(self, mode: bool = True):
-        return super().train(mode and not self.frozen)  # a frozen part stays in eval mode (no dropout)
+        # a frozen part stays in eval mode (no dropout), unless it trains tensors of its own
+        return super().train(mode and (not self.frozen or bool(self.trained_keys())))
 
 
 def _drop_frozen(module: Part, state_dict: dict, prefix: str, local_metadata) -> None:
     if module.frozen:
-        for k in [k for k in state_dict if k.startswith(prefix)]:
+        keep = module.trained_keys()
+        for k in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):] not in keep]:
             del state_dict[k]
 
 
 def _keep_frozen(module: Part, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
-    """A frozen part keeps the weights it read from its folder: they are put back for a strict load."""
+    """A frozen part keeps the weights it read from its folder: they are put back for a strict load (not its
+    ``trained_keys``, which the state dict must hold)."""
     if module.frozen:
+        keep = module.trained_keys()
         for k, v in _tensors(module).items():
-            state_dict.setdefault(prefix + k, v)
+            if k not in keep:
+                state_dict.setdefault(prefix + k, v)
 
 
 def _tensors(part: Part) -> dict:
@@ -144,7 +165,7 @@ def build_part(spec: dict | str | None, key: str) -> Part | None:
                          f"copy with from_pretrained(..., parts={{'{key}': PATH}})")
     part.load(source, read_weights)
     if part.frozen:
-        part.requires_grad_(False)
+        part.freeze()
     return part.train(False)
 
 

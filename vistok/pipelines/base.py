@@ -95,12 +95,16 @@ class Pipeline:
 
     # ---- loading and saving -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str, parts: dict | None = None) -> "Pipeline":
+    def from_pretrained(cls, path: str, parts: dict | None = None, pipeline_type: str | None = None) -> "Pipeline":
         """The release at ``path``; ``parts`` points pretrained parts at other folders (a release moved to another
-        machine): {"text_encoder": path} for whichever component holds it, or {"generator.text_encoder": path}."""
+        machine): {"text_encoder": path} for whichever component holds it, or {"generator.text_encoder": path}.
+        ``pipeline_type``: read the release as another type (checked like its own: every required component there,
+        fitting each other; components the type has no role for are left out)."""
         meta, components = load_components(path, parts=parts)
         meta_path = os.path.join(path, PIPELINE_NAME)
-        klass = pipeline_class(meta["pipeline_type"])
+        klass = pipeline_class(pipeline_type or meta["pipeline_type"])
+        if pipeline_type:
+            components = {k: v for k, v in components.items() if k in klass.roles()}
         if cls is not Pipeline and not issubclass(klass, cls):
             raise ValueError(f"{path} is a '{klass.registered_name}' pipeline, not a {cls.__name__}")
         pipe = klass(components, data=meta.get("data"), info=meta)
