@@ -57,6 +57,7 @@ class SEEDTokenizer(Tokenizer):
         stage: typing.Annotated[int, Range(1, 2)] = 1,
         qformer: PartSpec = None,
         num_queries: PosInt = 32,
+        causal: bool = True,
         hidden: PosInt = 768,
         layers: PosInt = 12,
         heads: PosInt = 12,
@@ -90,6 +91,7 @@ class SEEDTokenizer(Tokenizer):
         if gen_target:
             LazyPart(self, gen_target, "gen_target")
         self.stage, self.codebook_size, self.num_queries, self.gen_dim = stage, codebook_size, num_queries, gen_dim
+        self.causal = causal  # False: bidirectional queries (BLIP-2's), SEED's ablation
         self.text_len, self.label_smoothing = text_len, label_smoothing
         self.w_vq, self.w_rec, self.w_gen = w_vq, w_rec, w_gen
         self.token_shape = (num_queries,)
@@ -163,7 +165,7 @@ class SEEDTokenizer(Tokenizer):
 
     def causal_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """The causal queries B,Q,H (what stage II quantises and reconstructs)."""
-        return sq.causal_queries(self.qf, self.image_features(images))
+        return sq.causal_queries(self.qf, self.image_features(images), self.causal)
 
     def text_embeds(self, captions: list[str], device) -> torch.Tensor:
         ids, mask = sq.tokenize(self.qf, captions, self.text_len)

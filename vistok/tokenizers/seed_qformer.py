@@ -62,10 +62,12 @@ def tokenize(qf, captions: list[str], max_length: int) -> tuple[torch.Tensor, to
     return t["input_ids"], t["attention_mask"]
 
 
-def causal_queries(qf, image_features: torch.Tensor) -> torch.Tensor:
-    """B,Q,H: the learnt queries after the Q-Former, causal among themselves, cross-attending to all features."""
+def causal_queries(qf, image_features: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """B,Q,H: the learnt queries after the Q-Former, causal among themselves (``causal=False``: BLIP-2's
+    bidirectional queries, the ablation), cross-attending to all features."""
     b, q = image_features.shape[0], qf.query_tokens.shape[1]
-    mask = torch.ones(q, q, dtype=torch.bool, device=image_features.device).tril()[None, None].expand(b, 1, q, q)
+    mask = torch.ones(q, q, dtype=torch.bool, device=image_features.device)
+    mask = (mask.tril() if causal else mask)[None, None].expand(b, 1, q, q)
     queries = qf.query_tokens.expand(b, -1, -1).to(image_features.dtype)
     return qf.qformer(query_embeds=queries, attention_mask=mask, encoder_hidden_states=image_features).last_hidden_state
 
