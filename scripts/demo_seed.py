@@ -8,6 +8,10 @@
     decoder:  train (configs/seed/decoder_shapes.yaml: a small UNet on the teacher's embeddings, unCLIP style)
     release.py (tokenizer + decoder: a 'seed' pipeline) -> evaluate.py seed-decode (held-out codes -> images the
               exact detector reads as the source scene, against random codes and the real scenes)
+    SEED-LLaMA: train (configs/seed_llama/shapes.yaml: words + codes, caption -> image and image -> caption, on
+              the release's cached codes) -> release.py (tokenizer + decoder + generator) -> sample.py the
+              ShapesWorld GenEval prompts -> evaluate.py geneval --ceiling; sample.py --pipeline-type
+              seed-image-to-text on held-out scenes -> evaluate.py captions (per word type, against the floor)
     -> runs/demo-seed/metrics.json + report.md (+ results/demo_seed_metrics.json without --quick)
 """
 import argparse
@@ -22,6 +26,10 @@ from demo import save_metrics, stage  # noqa: E402
 QUICK = ["train.max_steps=20", "train.eval_every=10", "train.checkpoint_every=10", "train.batch_size=32",
          "data.size=256"]
 QUICK_DECODER = QUICK
+QUICK_LLAMA = ["train.max_steps=20", "train.eval_every=10", "train.checkpoint_every=10", "train.batch_size=32",
+               "model.dim=32", "model.depth=1", "model.heads=2", "train.eval_batches=2"]
+PROMPTS = "vistok/evaluation/prompts/shapes_geneval.jsonl"
+CFG_SCALE = 3.0
 
 
 def main():
@@ -31,6 +39,8 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--eval-items", type=int, default=1000)
     p.add_argument("--decode-items", type=int, default=200)
+    p.add_argument("--caption-items", type=int, default=1000)
+    p.add_argument("--images-per-prompt", type=int, default=4)
     args = p.parse_args()
     out, rel = args.out, args.release
     s1, s2, dec = (os.path.join(out, n) for n in ("stage1", "stage2", "decoder"))
@@ -52,7 +62,9 @@ def main():
     decoded = stage("decode held-out codes", timings, ["evaluate.py", "seed-decode", "--pipeline", rel, "--max-items",
                                                        str(args.decode_items), "--grid", grid,
                                                        "--out", os.path.join(out, "eval_decode.json")])
-    metrics = {"stage1": retrieval, "stage2": codes, "decode": decoded, "timings_seconds": timings}
+    t2i, i2t = seed_llama(args, rel, timings)
+    metrics = {"stage1": retrieval, "stage2": codes, "decode": decoded, "text_to_image": t2i, "image_to_text": i2t,
+               "timings_seconds": timings}
     save_metrics(out, metrics, None if args.quick else os.path.join("results", "demo_seed_metrics.json"))
     r = retrieval
     lines = ["# vistok SEED tokenizer demo (ShapesWorld)", "",
@@ -68,12 +80,60 @@ def main():
              f"(random codes {decoded['random_codes_floor']:.1%}, real scenes {decoded['real_scenes_ceiling']:.1%}, "
              f"{decoded['num_scenes']} scenes).", "",
              "Originals (top), decoded from their codes (middle), decoded from random codes (bottom):", "",
-             "![decoded](decoded.png)", ""]
+             "![decoded](decoded.png)", "", *llama_report(t2i, i2t)]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))
     print(f"\nstage times (s): {json.dumps(timings)}; total {round(time.time() - t0, 1)} s")
     print(json.dumps({"stage1": {k: r[k] for k in r if k.startswith(("i2t", "t2i", "chance"))},
-                      "decode": {k: decoded[k] for k in ("decoded_match", "random_codes_floor", "real_scenes_ceiling")}}))
+                      "decode": {k: decoded[k] for k in ("decoded_match", "random_codes_floor", "real_scenes_ceiling")},
+                      "text_to_image": {k: t2i[k] for k in ("overall", "detector_ceiling")},
+                      "image_to_text": {k: i2t[k] for k in ("shape", "colour", "count", "relation", "exact")}}))
+
+
+def seed_llama(args, rel: str, timings: dict) -> tuple[dict, dict]:
+    """The SEED-LLaMA model on the release's codes, released with them; both directions sampled and scored."""
+    out = args.out
+    gen, rel_llm = os.path.join(out, "generator"), args.release + "-llama"
+    stage("train SEED-LLaMA", timings, ["train.py", "--config", "configs/seed_llama/shapes.yaml", f"data.tokenizer={rel}",
+                                        f"train.output_dir={gen}", "train.resume=latest", "train.progress=false",
+                                        *(QUICK_LLAMA if args.quick else [])])
+    stage("release SEED-LLaMA", timings, ["release.py", "--stage", f"tokenizer={rel}", "--stage", f"decoder={rel}",
+                                          "--stage", f"generator={gen}", "--out", rel_llm])
+    t2i_dir, i2t_dir = os.path.join(out, "text_to_image"), os.path.join(out, "image_to_text")
+    stage("sample text -> image", timings, ["sample.py", "--pipeline", rel_llm, "--out", t2i_dir, "--prompts", PROMPTS,
+                                            "--images-per-prompt", str(args.images_per_prompt),
+                                            "--cfg-scale", str(CFG_SCALE)])
+    t2i = stage("GenEval", timings, ["evaluate.py", "geneval", "--samples", t2i_dir, "--ceiling",
+                                     "--out", os.path.join(out, "eval_geneval.json")])
+    stage("sample image -> text", timings, ["sample.py", "--pipeline", rel_llm, "--pipeline-type", "seed-image-to-text",
+                                            "--out", i2t_dir, "--num-images", str(args.caption_items),
+                                            "--temperature", "0"])
+    i2t = stage("captions", timings, ["evaluate.py", "captions", "--samples", i2t_dir,
+                                      "--out", os.path.join(out, "eval_captions.json")])
+    return t2i, i2t
+
+
+def llama_report(t2i: dict, i2t: dict) -> list[str]:
+    tasks = [k for k in ("single_object", "two_object", "counting", "colors", "position", "color_attr") if k in t2i]
+    fl = i2t["floor"]
+    return ["## SEED-LLaMA: one model, both directions", "",
+            f"Text -> image, ShapesWorld GenEval (CFG {CFG_SCALE}; the exact detector on real scenes rendered for the "
+            f"same prompts: {t2i['detector_ceiling']:.3f}):", "",
+            "| " + " | ".join(tasks) + " | overall |", "|" + "---|" * (len(tasks) + 1),
+            "| " + " | ".join(f"{t2i[k]:.3f}" for k in tasks) + f" | {t2i['overall']:.3f} |", "",
+            "![text to image](text_to_image/grid.png)", "",
+            f"Image -> text on {i2t['num_captions']} held-out scenes (greedy), the share of captions whose words match "
+            f"the scene, against the most common training caption ('{fl['caption']}'; relation: "
+            f"'{fl['relation_caption']}', and the most common relation word on the true objects):", "",
+            "| | shape | colour | count | objects | relation | exact |", "|---|---|---|---|---|---|---|",
+            f"| captions | {i2t['shape']:.3f} | {i2t['colour']:.3f} | {i2t['count']:.3f} | {i2t['objects']:.3f} | "
+            f"{_f(i2t['relation'])} | {i2t['exact']:.3f} |",
+            f"| floor | {fl['shape']:.3f} | {fl['colour']:.3f} | {fl['count']:.3f} | {fl['objects']:.3f} | "
+            f"{_f(fl['relation'])} (prior {_f(i2t['relation_prior'])}) | {fl['exact']:.3f} |", ""]
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 if __name__ == "__main__":

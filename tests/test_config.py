@@ -85,6 +85,8 @@ def tiny_part_folders(cfg, tmp_path) -> list[str]:
             with quiet_diffusers():
                 tiny_unclip().save_pretrained(folder)
             out.append(f"model.embed_dim={EMBED}")
+        elif spec.type == "causal_lm":  # SEED-LLaMA's LM: its config (Vicuna-7B's sizes) and a tokenizer
+            tiny_hf.llama_config_folder(folder)
         elif not grid or spec.type == "vistok":
             continue
         elif spec.type.startswith("clip_vision"):

@@ -206,6 +206,28 @@ def test_llm_backbone_cached_sampling_and_save_load(llama_dir, tmp_path):
     assert torch.allclose(m.logits(ids), loaded.logits(ids), atol=1e-5)
 
 
+def test_paper_config_builds_on_meta_with_seed_llamas_lora_counts(tmp_path):
+    """configs/seed_llama/paper.yaml over a folder with Vicuna-7B's config: LLaMA-7B's 6,738,415,616 parameters,
+    8194 new rows in the embeddings and the head, r-16 LoRA on the 7 projections of 32 layers (39,976,960, the
+    known figure for LLaMA-7B), the trained copies of the embeddings, head and 65 norms; nothing else trains."""
+    from tests.tiny_hf import llama_config_folder
+    from vistok.config import build, load_config
+
+    folder = llama_config_folder(str(tmp_path / "vicuna"))
+    cfg = load_config("configs/seed_llama/paper.yaml", [f"model.lm.path={folder}"])
+    with torch.device("meta"):
+        m = build("model", cfg.model)
+    h, inter, layers, rows = 4096, 11008, 32, 32000 + 8192 + 2
+    assert m.vocab.offset == 32000 and m.vocab.size == rows and m.vocab.boi == 32000 + 8192
+    lora = layers * 16 * (4 * (h + h) + 3 * (h + inter))
+    copies = 2 * rows * h + (2 * layers + 1) * h
+    base = 6_738_415_616 + 2 * 8194 * h
+    named = dict(m.named_parameters())
+    assert sum(p.numel() for n, p in named.items() if "lora_" in n) == lora == 39_976_960
+    assert sum(p.numel() for p in named.values() if p.requires_grad) == lora + copies
+    assert sum(p.numel() for p in named.values()) == base + lora + copies
+
+
 # ---- the pipelines and sample.py -------------------------------------------------------------------------------
 
 pytest.importorskip("diffusers")

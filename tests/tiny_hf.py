@@ -136,6 +136,19 @@ def tiny_llama(folder: str, hidden: int = 32, seed: int = 0):
     return model
 
 
+VICUNA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000)
+
+
+def llama_config_folder(folder: str, **dims):
+    """A Llama folder holding only its config (Vicuna-7B's dimensions by default) and the word tokenizer: what a
+    paper config needs to build on the meta device."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(**{**VICUNA_7B, **dims}, tie_word_embeddings=False, eos_token_id=1, bos_token_id=3).save_pretrained(folder)
+    word_tokenizer(folder, specials=LLAMA_SPECIALS, bos="<s>")
+    return folder
+
+
 def saved_tensors(folder: str) -> dict:
     from safetensors.torch import load_file
 

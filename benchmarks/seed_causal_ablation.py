@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""SEED's claim at toy scale: codes from causal queries are easier for a left-to-right model than codes from
+BLIP-2's bidirectional queries. Both variants at equal budget, through the user CLIs:
+
+    python benchmarks/seed_causal_ablation.py --decoder runs/demo-seed/decoder [--seeds 0 1] [--steps 300 300 800]
+
+Per variant (model.causal true / false, nothing else differs) and seed: SEED stage I (configs/seed/shapes_stage1.yaml)
+and stage II (shapes_stage2.yaml), each ``--steps`` [0] / [1] steps; evaluate.py seed (codebook usage); release
+with the shared decoder (it is conditioned on the teacher's embedding, so one decoder serves both code sets);
+the SEED-LLaMA model (configs/seed_llama/shapes.yaml, ``--steps`` [2] steps) on those codes; its held-out
+next-code loss (``code_ce``, EMA weights, over ``--eval-batches`` x 128 test scenes; the code set's own entropy
+differs, so ``code_accuracy`` and the per-code perplexity are given too); text-to-image GenEval over the
+ShapesWorld prompts (``--images-per-prompt``, CFG ``--cfg-scale``). Last line: per variant the mean and the
+spread (min, max) over seeds of each figure, and every run's figures.
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from demo import stage  # noqa: E402
+
+COMMON = ["train.progress=false", "train.resume=latest", "train.image_every=0"]
+
+
+def run(variant: str, seed: int, args, timings: dict) -> dict:
+    causal = "true" if variant == "causal" else "false"
+    root = os.path.join(args.out, f"{variant}-s{seed}")
+    s1, s2, gen = (os.path.join(root, n) for n in ("stage1", "stage2", "generator"))
+    tok_rel, rel = os.path.join(root, "release-tokenizer"), os.path.join(root, "release")
+    steps1, steps2, steps_gen = args.steps
+    both = [f"model.causal={causal}", f"train.seed={seed}", *COMMON]
+    stage(f"{variant} s{seed} stage I", timings, ["train.py", "--config", "configs/seed/shapes_stage1.yaml", *both,
+          f"train.max_steps={steps1}", f"train.output_dir={s1}", f"train.checkpoint_every={steps1}",
+          f"train.eval_every={steps1}"])
+    stage(f"{variant} s{seed} stage II", timings, ["train.py", "--config", "configs/seed/shapes_stage2.yaml", *both,
+          f"train.init_from={s1}", f"train.max_steps={steps2}", f"train.output_dir={s2}",
+          f"train.checkpoint_every={steps2}", f"train.eval_every={steps2}"])
+    codes = stage(f"{variant} s{seed} codes", timings, ["evaluate.py", "seed", "--tokenizer", s2, "--max-items", "1000",
+                  "--out", os.path.join(root, "eval_codes.json")])
+    stage(f"{variant} s{seed} release tokenizer", timings, ["release.py", "--stage", f"tokenizer={s2}", "--stage",
+          f"decoder={args.decoder}", "--out", tok_rel])
+    summary = os.path.join(gen, "train_summary.json")
+    stage(f"{variant} s{seed} generator", timings, ["train.py", "--config", "configs/seed_llama/shapes.yaml",
+          f"data.tokenizer={tok_rel}", f"train.seed={seed}", *COMMON, f"train.max_steps={steps_gen}",
+          f"train.output_dir={gen}", f"train.checkpoint_every={steps_gen}", f"train.eval_every={steps_gen}",
+          f"train.eval_batches={args.eval_batches}"])
+    metrics = json.load(open(summary))["metrics"]
+    stage(f"{variant} s{seed} release", timings, ["release.py", "--stage", f"tokenizer={tok_rel}", "--stage",
+          f"decoder={args.decoder}", "--stage", f"generator={gen}", "--out", rel])
+    samples = os.path.join(root, "t2i")
+    stage(f"{variant} s{seed} sample", timings, ["sample.py", "--pipeline", rel, "--out", samples, "--prompts",
+          "vistok/evaluation/prompts/shapes_geneval.jsonl", "--images-per-prompt", str(args.images_per_prompt),
+          "--cfg-scale", str(args.cfg_scale), "--seed", str(seed)])
+    geneval = stage(f"{variant} s{seed} geneval", timings, ["evaluate.py", "geneval", "--samples", samples,
+                    "--out", os.path.join(root, "eval_geneval.json")])
+    ce = metrics["eval_ema/code_ce"]
+    return {"variant": variant, "seed": seed, "code_ce": ce, "code_perplexity": math.exp(ce),
+            "code_accuracy": metrics["eval_ema/code_accuracy"], "caption_ce": metrics["eval_ema/caption_ce"],
+            "codebook_usage": codes["codebook_usage"], "codes_perplexity": codes["perplexity"],
+            "recon_cosine": codes["recon_cosine"], "geneval_overall": geneval["overall"],
+            "geneval_tasks": {k: v for k, v in geneval.items() if isinstance(v, float) and k != "overall"}}
+
+
+def summarise(rows: list[dict], key: str) -> dict:
+    vals = [r[key] for r in rows]
+    return {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--decoder", default="runs/demo-seed/decoder", help="a trained unclip_decoder run (make demo-seed's)")
+    p.add_argument("--out", default="runs/bench-seed-causal")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, nargs=3, default=[300, 300, 800], metavar=("STAGE1", "STAGE2", "GENERATOR"))
+    p.add_argument("--eval-batches", type=int, default=16)
+    p.add_argument("--images-per-prompt", type=int, default=2)
+    p.add_argument("--cfg-scale", type=float, default=3.0)
+    args = p.parse_args()
+    timings, rows = {}, []
+    for seed in args.seeds:
+        for variant in ("causal", "bidirectional"):
+            rows.append(run(variant, seed, args, timings))
+            print(json.dumps(rows[-1]), flush=True)
+    keys = ["code_ce", "code_perplexity", "code_accuracy", "caption_ce", "codebook_usage", "codes_perplexity",
+            "recon_cosine", "geneval_overall"]
+    out = {v: {k: summarise([r for r in rows if r["variant"] == v], k) for k in keys} for v in ("causal", "bidirectional")}
+    out.update(seeds=args.seeds, steps=args.steps, runs=rows, seconds=round(sum(timings.values()), 1))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
