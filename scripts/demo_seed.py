@@ -102,7 +102,7 @@ def seed_llama(args, rel: str, timings: dict) -> tuple[dict, dict]:
     t2i_dir, i2t_dir = os.path.join(out, "text_to_image"), os.path.join(out, "image_to_text")
     stage("sample text -> image", timings, ["sample.py", "--pipeline", rel_llm, "--out", t2i_dir, "--prompts", PROMPTS,
                                             "--images-per-prompt", str(args.images_per_prompt),
-                                            "--cfg-scale", str(CFG_SCALE)])
+                                            "--cfg-scale", str(CFG_SCALE), *(["--steps", "2"] if args.quick else [])])
     t2i = stage("GenEval", timings, ["evaluate.py", "geneval", "--samples", t2i_dir, "--ceiling",
                                      "--out", os.path.join(out, "eval_geneval.json")])
     stage("sample image -> text", timings, ["sample.py", "--pipeline", rel_llm, "--pipeline-type", "seed-image-to-text",

@@ -118,7 +118,7 @@ def test_demo_seed_quick(tmp_path):
     """`make demo-seed`'s chain: both SEED stages, the decoder, the release and the three evaluations."""
     out, rel = tmp_path / "seed", tmp_path / "rel"
     proc = run_cli(["scripts/demo_seed.py", "--quick", "--out", str(out), "--release", str(rel), "--eval-items", "64",
-                    "--decode-items", "16"])
+                    "--decode-items", "16", "--caption-items", "16", "--images-per-prompt", "1"])
     metrics = json.loads((out / "metrics.json").read_text())
     s1, s2, dec = metrics["stage1"], metrics["stage2"], metrics["decode"]
     assert s1["stage"] == 1 and s1["num_pairs"] == 64 and s2["stage"] == 2 and 0 < s2["codebook_usage"] <= 1
@@ -132,3 +132,8 @@ def test_demo_seed_quick(tmp_path):
     assert json.loads((rel / "pipeline.json").read_text())["pipeline_type"] == "seed"
     assert (out / "decoded.png").is_file() and "decoded.png" in (out / "report.md").read_text()
     assert json.loads(proc.stdout.strip().splitlines()[-1])["decode"]["decoded_match"] == dec["decoded_match"]
+    # SEED-LLaMA on those codes: released with them, GenEval of its images, captions of held-out scenes scored
+    t2i, i2t = metrics["text_to_image"], metrics["image_to_text"]
+    assert json.loads((tmp_path / "rel-llama" / "pipeline.json").read_text())["pipeline_type"] == "seed-text-to-image"
+    assert t2i["num_images"] == 132 and 0 <= t2i["overall"] <= 1 and t2i["detector_ceiling"] >= 0.9
+    assert i2t["num_captions"] == 16 and i2t["floor"]["caption"] and "SEED-LLaMA" in (out / "report.md").read_text()

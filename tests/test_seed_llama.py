@@ -288,3 +288,14 @@ def test_release_samples_images_from_prompts_and_captions_from_images(release, t
     assert scores["num_captions"] == 5 and "floor" in scores
     with pytest.raises(ValueError, match="needs components"):
         Pipeline.from_pretrained(release, pipeline_type="super-resolution")
+    # a folder of the user's images (any size: resized to the tokenizer's 32 px), captioned under their names
+    from PIL import Image
+
+    (tmp_path / "mine").mkdir()
+    for i in range(2):
+        Image.fromarray(((x[i].permute(1, 2, 0).numpy() + 1) * 127.5).astype("uint8")).resize((48, 48)).save(
+            tmp_path / "mine" / f"img{i}.png")
+    call_cli(["sample.py", "--pipeline", release, "--pipeline-type", "seed-image-to-text", "--out", tmp_path / "mine-out",
+              "--images", tmp_path / "mine", "--temperature", 0])
+    rows = [json.loads(line) for line in (tmp_path / "mine-out" / "captions.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in rows] == ["img0.png", "img1.png"] and all(isinstance(r["caption"], str) for r in rows)

@@ -24,31 +24,23 @@ forward pass per token.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
-
 import torch
 import torch.nn.functional as F
 
-from vistok.generators.ar import ARGenerator, sample_logits
+from vistok.generators.ar import ARGenerator, ARSamplingOptions, sample_logits
 from vistok.generators.multimodal_vocab import HFText, MultimodalVocab, WordText
 from vistok.modeling import VistokModel
 from vistok.nn.guidance import blend, guidance_scale
 from vistok.nn.transformer import KVCache
 from vistok.registry import register_model
-from vistok.schema import NonNegFloat, NonNegInt, PartSpec, PosFloat, PosInt, Prob, Range
+from vistok.schema import NonNegFloat, PartSpec, PosFloat, PosInt, Prob
 
 
 @dataclasses.dataclass
-class SeedLlamaSamplingOptions:
-    """What sampling from a SEED-LLaMA model takes (``sample.py`` builds its flags from this)."""
-    cfg_scale: NonNegFloat = dataclasses.field(default=1.0, metadata={
-        "help": "text-to-image: classifier-free guidance on the caption (1: none)"})
-    cfg_schedule: Literal["constant", "linear"] = "constant"
+class SeedLlamaSamplingOptions(ARSamplingOptions):
+    """The AR generator's options (``--cfg-scale`` guides text -> image on the caption); temperature 0 is greedy
+    (what image -> text usually wants)."""
     temperature: NonNegFloat = dataclasses.field(default=1.0, metadata={"help": "0: greedy"})
-    top_k: NonNegInt = dataclasses.field(default=0, metadata={"help": "0: off"})
-    top_p: Annotated[float, Range(0, 1, lo_open=True)] = dataclasses.field(default=1.0, metadata={"help": "1: off"})
-    use_cache: bool = dataclasses.field(default=True, metadata={"flag": "--no-cache",
-                                                                "help": "recompute every token (reference; slow)"})
 
 
 @register_model("seed_llama")
