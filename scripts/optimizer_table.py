@@ -22,6 +22,10 @@ FOLLOWS = {
     "catanet/div2k_x4": "CATANet `options/train/train_CATANet_x4_finetune.yml`",
     "tokenunify/paper_pretrain": "TokenUnify `src/main_pretrain.py` (timm 0.3 `add_weight_decay`)",
     "tokenunify/paper_seg": "TokenUnify fine-tuning (its optimiser not verified; the pretraining rule)",
+    "seed/paper_stage1": "SEED `SEED_Tokenizer/lavis/projects/blip2/train/pretrain_qformer.yaml` (LAVIS)",
+    "seed/paper_stage2": "SEED `SEED_Tokenizer/lavis/projects/blip2/train/pretrain_codebook.yaml` (LAVIS)",
+    "seed/decoder_paper": "nothing trains (the frozen SD-2.1-unCLIP pipeline); the train block is unused",
+    "seed_llama/paper": "vistok's choice (SEED-LLaMA's training code is not public; its LoRA settings are used)",
 }
 
 
