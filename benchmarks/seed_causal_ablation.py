@@ -11,7 +11,10 @@ the SEED-LLaMA model (configs/seed_llama/shapes.yaml, ``--steps`` [2] steps) on 
 next-code loss (``code_ce``, EMA weights, over ``--eval-batches`` x 128 test scenes; the code set's own entropy
 differs, so ``code_accuracy`` and the per-code perplexity are given too); text-to-image GenEval over the
 ShapesWorld prompts (``--images-per-prompt``, CFG ``--cfg-scale``). Last line: per variant the mean and the
-spread (min, max) over seeds of each figure, and every run's figures.
+spread (min, max) over seeds of each figure, and every run's figures. ``code_gain`` = ln(codes_perplexity) -
+code_ce: how far below the code set's own unigram entropy the model's next-code loss goes (a code set that
+collapses onto fewer codes has a lower loss without being easier to predict). ``--summarise`` recomputes the
+last line from an earlier run's results.json without training.
 """
 import argparse
 import json
@@ -65,6 +68,10 @@ def run(variant: str, seed: int, args, timings: dict) -> dict:
             "geneval_tasks": {k: v for k, v in geneval.items() if isinstance(v, float) and k != "overall"}}
 
 
+def with_gain(row: dict) -> dict:
+    return {**row, "code_gain": math.log(row["codes_perplexity"]) - row["code_ce"]}
+
+
 def summarise(rows: list[dict], key: str) -> dict:
     vals = [r[key] for r in rows]
     return {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
@@ -79,14 +86,20 @@ def main():
     p.add_argument("--eval-batches", type=int, default=16)
     p.add_argument("--images-per-prompt", type=int, default=2)
     p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--summarise", action="store_true", help="only recompute the summary of OUT/results.json")
     args = p.parse_args()
     timings, rows = {}, []
-    for seed in args.seeds:
+    if args.summarise:
+        prev = json.load(open(os.path.join(args.out, "results.json")))
+        rows, timings = prev["runs"], {"all": prev["seconds"]}
+        args.seeds, args.steps = prev["seeds"], prev["steps"]
+    for seed in [] if args.summarise else args.seeds:
         for variant in ("causal", "bidirectional"):
             rows.append(run(variant, seed, args, timings))
             print(json.dumps(rows[-1]), flush=True)
-    keys = ["code_ce", "code_perplexity", "code_accuracy", "caption_ce", "codebook_usage", "codes_perplexity",
-            "recon_cosine", "geneval_overall"]
+    rows = [with_gain(r) for r in rows]
+    keys = ["code_ce", "code_gain", "code_perplexity", "code_accuracy", "caption_ce", "codebook_usage",
+            "codes_perplexity", "recon_cosine", "geneval_overall"]
     out = {v: {k: summarise([r for r in rows if r["variant"] == v], k) for k in keys} for v in ("causal", "bidirectional")}
     out.update(seeds=args.seeds, steps=args.steps, runs=rows, seconds=round(sum(timings.values()), 1))
     os.makedirs(args.out, exist_ok=True)
