@@ -276,6 +276,9 @@ def test_release_samples_images_from_prompts_and_captions_from_images(release, t
                      "--num-images", 5, "--batch-size", 3, "--temperature", 0])
     rows = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     assert [r["item"] for r in rows] == list(range(5))
+    call_cli(["sample.py", "--pipeline", release, "--pipeline-type", "seed-image-to-text", "--out", out, "--overwrite",
+              "--num-images", 5, "--batch-size", 3, "--temperature", 0])  # its own captions.jsonl is replaced
+    assert [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()] == rows
     i2t = Pipeline.from_pretrained(release, pipeline_type="seed-image-to-text")
     assert sorted(i2t.components) == ["decoder", "generator", "tokenizer"]
     data = ShapesWorld("test", image_size=32, size=64, max_objects=2)

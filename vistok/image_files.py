@@ -65,7 +65,7 @@ def write_json(path: str, obj) -> None:
     atomic_write_json(path, json.loads(json.dumps(obj, default=str)))
 
 
-_OWN_FILE = re.compile(r"^(\d{5}\.png|grid\.png|sampling\.json|samples\.npz|\.tmp-.*)$")
+_OWN_FILE = re.compile(r"^(\d{5}\.png|grid\.png|sampling\.json|samples\.npz|captions\.jsonl|\.tmp-.*)$")
 _PROMPT_DIR = re.compile(r"^\d{5}$")
 
 
