@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vistok.io import OutputError, atomic_write_json, read_json
+from vistok.io import OutputError, atomic_write_json, read_json, read_jsonl
 from vistok.ops import to_unit
 
 
@@ -180,18 +180,11 @@ def read_prompts(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"prompt file '{path}' does not exist")
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                meta = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
-            missing = [k for k in ("tag", "prompt", "include") if k not in meta]
-            if missing:
-                raise ValueError(f"{path}:{n}: missing key(s) {missing} (GenEval metadata: tag, prompt, include[, exclude])")
-            prompts.append(meta)
+    for n, meta in read_jsonl(path):
+        missing = [k for k in ("tag", "prompt", "include") if not isinstance(meta, dict) or k not in meta]
+        if missing:
+            raise ValueError(f"{path}:{n}: missing key(s) {missing} (GenEval metadata: tag, prompt, include[, exclude])")
+        prompts.append(meta)
     if not prompts:
         raise ValueError(f"prompt file '{path}' is empty")
     return prompts

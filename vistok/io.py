@@ -78,6 +78,20 @@ def read_json(path: str, what: str = "file"):
         raise ValueError(f"{what} '{path}' cannot be read ({e.strerror or e})") from e
 
 
+def read_jsonl(path: str) -> list[tuple[int, object]]:
+    """(line number, value) of every non-empty line of a JSON-lines file; a line that is not JSON is an error
+    naming ``path:line``."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
+    return out
+
+
 def fsync_dir(path: str) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)

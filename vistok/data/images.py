@@ -10,7 +10,6 @@ A corrupt or unreadable image raises an error that names its path.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vistok.io import open_rgb
+from vistok.io import open_rgb, read_jsonl
 from vistok.registry import register_dataset
 from vistok.schema import PosInt
 
@@ -90,13 +89,9 @@ def _read_captions(path: str) -> dict[str, str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"captions file '{path}' does not exist (data.captions)")
     out = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                out[rec["file"]] = str(rec["caption"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: expected a JSON object with 'file' and 'caption' ({e})") from e
+    for n, rec in read_jsonl(path):
+        try:
+            out[rec["file"]] = str(rec["caption"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: expected a JSON object with 'file' and 'caption' ({e})") from e
     return out

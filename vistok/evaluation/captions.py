@@ -31,7 +31,6 @@ relation scenes where the most common reference relation holds from the scene's 
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 
@@ -187,28 +186,21 @@ def score_captions(captions: list, scenes: list[dict], reference_captions: list 
 
 def read_caption_rows(folder: str) -> tuple[list[dict], dict]:
     """(the rows of ``folder/captions.jsonl``, ``folder/sampling.json``) with what scoring needs checked."""
-    from vistok.io import read_json
+    from vistok.io import read_json, read_jsonl
 
     path = os.path.join(folder, "captions.jsonl")
     if not os.path.isfile(path):
         raise ValueError(f"--samples {folder}: no captions.jsonl there (expected the 'captions' writer's output of "
                          f"an image-to-text sample.py run: one {{\"index\", \"caption\", \"item\"}} per line)")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
-            if not isinstance(row, dict) or not isinstance(row.get("caption"), str):
-                raise ValueError(f"{path}:{n}: expected an object with a string 'caption'")
-            item = row.get("item")
-            if isinstance(item, bool) or not isinstance(item, int):
-                raise ValueError(f"{path}:{n}: expected an integer 'item' (the index of the captioned scene in the "
-                                 f"split sampling.json names), got {item!r}")
-            rows.append(row)
+    for n, row in read_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("caption"), str):
+            raise ValueError(f"{path}:{n}: expected an object with a string 'caption'")
+        item = row.get("item")
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"{path}:{n}: expected an integer 'item' (the index of the captioned scene in the "
+                             f"split sampling.json names), got {item!r}")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: holds no captions; expected one {{\"index\", \"caption\", \"item\"}} per line")
     meta_path = os.path.join(folder, "sampling.json")
