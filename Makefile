@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-shapes demo-xar demo-seed test test-fast setup clean bench
+.PHONY: demo demo-shapes demo-xar demo-seed demo-layton test test-fast setup clean bench
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo-xar: $(STAMP)
 
 demo-seed: $(STAMP)
 	$(BIN)/python scripts/demo_seed.py
+
+demo-layton: $(STAMP)
+	$(BIN)/python scripts/demo_layton.py
+	$(BIN)/python scripts/demo_layton.py --data mnist
 
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache

@@ -87,6 +87,15 @@ def tiny_part_folders(cfg, tmp_path) -> list[str]:
             out.append(f"model.embed_dim={EMBED}")
         elif spec.type == "causal_lm":  # SEED-LLaMA's LM: its config (Vicuna-7B's sizes) and a tokenizer
             tiny_hf.llama_config_folder(folder)
+        elif spec.type == "vistok_autoencoder":  # Layton's CPU latent space: a tiny kl of the config's geometry
+            from vistok.tokenizers.kl import KLAutoencoder
+
+            KLAutoencoder(image_size=size, in_channels=cfg.model.get("in_channels", 3), block_out_channels=[8, 16, 16],
+                          layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                          mid_attention=False).save_pretrained(folder)
+        elif spec.type in ("autoencoder_kl", "unet2d_condition"):  # Layton's SDXL: its committed hyperparameters
+            out.append(f"model.{key}.path={os.path.join(ROOT, 'configs', 'layton', 'sdxl')}")
+            continue
         elif not grid or spec.type == "vistok":
             continue
         elif spec.type.startswith("clip_vision"):

@@ -137,3 +137,30 @@ def test_demo_seed_quick(tmp_path):
     assert json.loads((tmp_path / "rel-llama" / "pipeline.json").read_text())["pipeline_type"] == "seed-text-to-image"
     assert t2i["num_images"] == 132 and 0 <= t2i["overall"] <= 1 and t2i["detector_ceiling"] >= 0.9
     assert i2t["num_captions"] == i2t["sampled"]["num_captions"] == 16 and i2t["floor"]["caption"] and "SEED-LLaMA" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_layton_quick(tmp_path):
+    """`make demo-layton`'s chain: KL and VQ releases, both Layton stages, the decoder comparison on shared codes,
+    LaytonGen released over the Layton codes and scored by GenEval, then sample.py's decoding flags."""
+    out, rel = tmp_path / "layton", tmp_path / "rel"
+    proc = run_cli(["scripts/demo_layton.py", "--quick", "--out", str(out), "--release", str(rel)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    d = metrics["decoders"]
+    assert {"vqgan_decoder", "stage1_ddim4", "stage1_walk3", "stage2_walk1", "stage2_walk2", "stage2_walk3"} <= set(d)
+    assert d["setup"]["tokens_per_image"] == 16 and d["originals"]["read_back"] >= 0.9
+    assert all(0 <= d[k]["read_back"] <= 1 and d[k]["psnr"] > 0 and d[k]["seconds_per_image"] > 0
+               for k in d if k.startswith(("vqgan", "stage")))
+    assert json.loads((tmp_path / "rel-gen" / "pipeline.json").read_text())["pipeline_type"] == "text-to-image"
+    g = metrics["laytongen"]
+    assert g["num_images"] == 4 and 0 <= g["overall"] <= 1 and "LaytonGen" in (out / "report.md").read_text()
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["stage2_walk3"]["psnr"] == d["stage2_walk3"]["psnr"]
+    # the release samples through sample.py with Layton's decoding flags, and they are recorded
+    for steps in ("1", "2"):
+        run_cli(["sample.py", "--pipeline", str(rel), "--out", str(tmp_path / f"recon{steps}"), "--num-images", "4",
+                 "--decode-steps", steps, "--seed", "0"])
+        settings = json.loads((tmp_path / f"recon{steps}" / "sampling.json").read_text())
+        assert settings["decode_steps"] == int(steps) and (tmp_path / f"recon{steps}" / "grid.png").is_file()
+    one, two = (np.asarray(Image.open(tmp_path / f"recon{s}" / "00000.png")) for s in ("1", "2"))
+    assert one.shape == (32, 32, 3) and not np.array_equal(one, two)

@@ -120,3 +120,21 @@ def test_classify_real_digits_vs_noise(tmp_path):
     assert real["class_accuracy"] > 0.95
     assert real["fd_lenet"] < 3 * real["fd_lenet_floor"] < noise["fd_lenet"]
     assert json.loads((tmp_path / "r.json").read_text()) == real
+
+
+def test_colour_and_brightness_errors_are_in_8_bit_levels():
+    from vistok.metrics.image import colour_errors_per_image
+
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    brighter = x + 10 / 255
+    red = x.clone()
+    red[:, 0] += 30 / 255
+    colour, brightness = colour_errors_per_image(x, brighter)
+    assert torch.allclose(colour, torch.full((3,), 10.0), atol=1e-3) and torch.allclose(brightness, colour, atol=1e-3)
+    colour, brightness = colour_errors_per_image(x, red)  # one channel: a third of it, weighed 0.299 in luma
+    assert torch.allclose(colour, torch.full((3,), 10.0), atol=1e-3)
+    assert torch.allclose(brightness, torch.full((3,), 0.299 * 30), atol=1e-3)
+    shuffled = x[:, :, torch.randperm(8)]  # moved pixels keep their means: no drift
+    assert float(colour_errors_per_image(x, shuffled)[0].max()) < 1e-3
+    grey = x[:, :1]
+    assert torch.allclose(colour_errors_per_image(grey, grey + 5 / 255)[1], torch.full((3,), 5.0), atol=1e-3)

@@ -76,6 +76,8 @@ class TrainConfig:
     force_unlock: bool = False  # take over a run whose lock was left by another host
     init_from: str = ""  # start from these weights (a run, model or pipeline folder); ignored when resuming
     init_skip: list = field(default_factory=list)  # key prefixes init_from may not fill (listed in the log)
+    init_modules: dict = field(default_factory=dict)  # {submodule: folder}: fill these submodules (every key) from
+    # the weights of a release / run / model folder, e.g. Layton's VQ from a vqgan release; ignored when resuming
     log_every: PosInt = 50
     image_every: NonNegInt = 500  # image grids (inputs vs reconstructions / samples); 0 disables
     eval_every: NonNegInt = 500  # model metrics on held-out data; 0 disables

@@ -72,3 +72,23 @@ def init_from(model, path: str, skip: list[str] = ()) -> list[str]:
     # every key is accounted for above; the skipped ones keep the model's own fresh values
     model.load_state_dict({k: (own[k] if k in skipped else src[k]) for k in own}, strict=True)
     return skipped
+
+
+def init_module(model, name: str, path: str) -> list[str]:
+    """Fill the submodule ``name`` of ``model`` from the weights of ``path`` (a release's component of the
+    model's kind, a run or a model folder): every key of the submodule must be there with its shape; the
+    source's other keys (a vqgan's decoder for Layton's VQ encoder) are returned, unused."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"train.init_modules: '{name}' is not a submodule of {type(model).__name__} "
+                         f"(its children: {[n for n, _ in model.named_children()]})") from None
+    src = load_stage(path, getattr(model, "kind", "")).state_dict()
+    own = module.state_dict()
+    missing = sorted(set(own) - set(src))
+    bad = [f"{k}: {tuple(src[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in src and src[k].shape != own[k].shape]
+    if missing or bad:
+        raise ValueError(f"train.init_modules.{name} '{path}': weights do not fit {type(module).__name__}: missing "
+                         f"{missing[:5]}, shape mismatches {bad[:5]}")
+    module.load_state_dict({k: src[k] for k in own}, strict=True)
+    return sorted({k.split(".")[0] for k in set(src) - set(own)})

@@ -135,16 +135,64 @@ class AutoencoderKLPart(DiffusersModel):
         return self.model.decode(z.to(self.model.dtype)).sample.float()
 
 
+# LaCToK's adapters over the SDXL UNet: attention, feed-forward, resnet convs, samplers and time projections
+UNET_LORA_DEFAULTS = {"r": 64, "alpha": 8, "dropout": 0.0, "target_modules": [
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+    "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]}
+
+
 @register_part("unet2d_condition")
 class UNet2DConditionPart(DiffusersModel):
-    """``diffusers.UNet2DConditionModel`` (a UNet folder, or a pipeline folder with ``subfolder: unet``)."""
+    """``diffusers.UNet2DConditionModel`` (a UNet folder, or a pipeline folder with ``subfolder: unet``).
+    ``lora: {r, alpha, dropout, target_modules}`` (any subset; LaCToK's r 64, alpha 8 over ``UNET_LORA_DEFAULTS``)
+    adds peft adapters (named ``...<module>.lora_A.default`` / ``lora_B.default`` over ``base_layer``): with
+    ``frozen: true`` only they train and are saved with the owner (``trained_keys``)."""
     expected, model_class = "diffusers conditional UNet", "UNet2DConditionModel"
+
+    def __init__(self, path: str, subfolder: str = "", lora: dict | None = None, **base):
+        super().__init__(path, subfolder=subfolder, **base)
+        self.lora, self._trained = self._filled(lora), set()
+        self.options["lora"] = self.lora
+
+    def _filled(self, lora: dict | None) -> dict | None:
+        if lora is None:
+            return None
+        if not isinstance(lora, dict) or set(lora) - set(UNET_LORA_DEFAULTS):
+            raise ValueError(f"part unet2d_condition ('{self.path}'): lora={lora!r}; expected a mapping with keys "
+                             f"among {', '.join(UNET_LORA_DEFAULTS)}")
+        return {**UNET_LORA_DEFAULTS, **lora}
 
     def load(self, folder: str, read_weights: bool) -> None:
         super().load(folder, read_weights)
         cfg = self.model.config
         self.in_channels, self.out_channels = cfg.in_channels, cfg.out_channels
         self.cross_attention_dim, self.sample_size = cfg.cross_attention_dim, cfg.sample_size
+        if self.lora is not None:
+            self._inject(self.lora)
+
+    def add_lora(self, lora: dict) -> None:
+        """Adapters added after loading (an owner first copies the plain UNet, e.g. into a ControlNet); the part
+        is frozen again around them."""
+        self.lora = self._filled(lora)
+        self.options["lora"] = self.lora
+        self._inject(self.lora)
+        if self.frozen:
+            self.freeze()
+        self.train(False)
+
+    def _inject(self, lora: dict) -> None:
+        from peft import LoraConfig
+
+        try:
+            self.model.add_adapter(LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]),
+                                              lora_dropout=float(lora["dropout"]),
+                                              target_modules=list(lora["target_modules"])))
+        except ValueError as e:
+            raise ValueError(f"part '{self.config_key}': lora does not fit the UNet in '{self.path}' ({e})") from e
+        self._trained = {f"model.{n}" for n, _ in self.model.named_parameters() if ".lora_" in n}
+
+    def trained_keys(self) -> set[str]:
+        return self._trained
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **added) -> torch.Tensor:
         """The UNet's prediction (noise, v or x0, as it was trained); ``added`` goes to the UNet as is

@@ -39,3 +39,36 @@ class VistokPart(Part):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.embed(images.to(self.torch_dtype))
+
+
+@register_part("vistok_autoencoder")
+class VistokAutoencoderPart(Part):
+    """A saved vistok continuous tokenizer (``kl``) as a frozen latent space (``{type: vistok_autoencoder, path:
+    checkpoints/layton-kl-shapes}``): the CPU stand-in for an SD/SDXL VAE, with the ``autoencoder_kl`` part's
+    interface: ``encode(images)`` -> latents at the tokenizer's measured scale, ``decode(latents)`` -> images."""
+    expected, model_class = "vistok continuous tokenizer", "a 'kl' model (config.json + model.safetensors)"
+    needs = (CONFIG_NAME, "model.safetensors")
+    config_files = (CONFIG_NAME,)
+
+    def load(self, folder: str, read_weights: bool) -> None:
+        from vistok.modeling import resolve_class
+
+        if read_weights:
+            model = VistokModel.from_pretrained(folder)
+        else:
+            cfg = read_model_config(folder)
+            model = resolve_class(VistokModel, cfg, folder)(**{
+                k: v for k, v in cfg.items() if k not in ("model_type", "vistok_version", "format_version")})
+        shape = getattr(model, "latent_shape", None)
+        if shape is None or not hasattr(model, "decode"):
+            raise ValueError(f"part '{self.config_key}': the '{model.model_type}' model in '{folder}' is not a "
+                             f"continuous tokenizer (no latent_shape); expected e.g. a 'kl' release")
+        self.model = model.to(self.torch_dtype)
+        self.latent_channels, self.in_channels = shape[0], model.in_channels
+        self.downsample = model.image_size // shape[-1]
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.model.encode(images.to(self.torch_dtype)).float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(latents.to(self.torch_dtype)).float()

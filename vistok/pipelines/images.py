@@ -44,8 +44,9 @@ class ImagePipeline(Pipeline):
         return out
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        return self.tokenizer.reconstruct(images)[0].clamp(-1, 1)
+    def reconstruct(self, images: torch.Tensor, **options) -> torch.Tensor:
+        """Images through the tokenizer; ``options``: its decoding options (its SamplingOptions, e.g. Layton's steps)."""
+        return self.tokenizer.reconstruct(images, **options)[0].clamp(-1, 1)
 
     @torch.no_grad()
     def upscale(self, images: torch.Tensor, **options) -> torch.Tensor:
@@ -75,14 +76,15 @@ class ReconstructionPipeline(ImagePipeline):
         if not state.is_main_process:  # small job: the main rank alone
             return {"mode": "reconstruct", "num_images": n}
         inputs, recons = [], []
+        decoding = self.options_by_component(options)[0].get("tokenizer", {})
         for i in range(0, n, args.batch_size):
             x = torch.stack([data[j]["image"] for j in range(i, min(n, i + args.batch_size))])
             inputs.append(x)
-            recons.append(self.reconstruct(x))
+            recons.append(self.reconstruct(x, **decoding))
         save_images(torch.cat(recons), out, grid_pairs=torch.cat(inputs))
         for w in args.writers:  # the PNGs are written above (with the input/output grid); e.g. npz reads them
             w.finish(n)
-        return {"mode": "reconstruct", "num_images": n, "split": "test", "data": self.data}
+        return {"mode": "reconstruct", "num_images": n, "split": "test", "data": self.data, **decoding}
 
 
 class GeneratorPipeline(ImagePipeline):

@@ -115,28 +115,16 @@ class UnCLIPDecoder(VistokModel):
                                              prediction_type=prediction_type, clip_sample=True)
 
     def _build_unet(self, channels, layers, attn_levels, heads, groups, cross_dim, cond_tokens) -> None:
-        from diffusers import UNet2DConditionModel
+        from vistok.nn.unet import small_unet
 
-        n = len(channels)
-        factor = self.patch * 2 ** (n - 1)
+        factor = self.patch * 2 ** (len(channels) - 1)
         if self.image_size % factor:
             raise ValueError(f"unclip_decoder: image_size {self.image_size} is not divisible by patch x the UNet's "
                              f"downsampling = {factor} (patch {self.patch}, block_out_channels {list(channels)})")
-        bad = [lv for lv in attn_levels if not 0 <= int(lv) < n]
-        if bad:
-            raise ValueError(f"unclip_decoder: attn_levels {list(attn_levels)} has levels {bad} outside 0..{n - 1}")
-        if any(c % groups for c in channels):
-            raise ValueError(f"unclip_decoder: block_out_channels {list(channels)} must be multiples of "
-                             f"norm_num_groups {groups}")
-        attn = {int(lv) for lv in attn_levels}
-        down = tuple("CrossAttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(n))
-        up = tuple("CrossAttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(n)))
-        self.unet = UNet2DConditionModel(
-            sample_size=self.image_size // self.patch, in_channels=self.in_channels * self.patch ** 2,
-            out_channels=self.in_channels * self.patch ** 2,
-            block_out_channels=tuple(channels), layers_per_block=layers, down_block_types=down, up_block_types=up,
-            cross_attention_dim=cross_dim, attention_head_dim=heads,  # diffusers' name for the head count
-            norm_num_groups=groups, class_embed_type="projection", projection_class_embeddings_input_dim=self.embed_dim)
+        width = self.in_channels * self.patch ** 2
+        self.unet = small_unet("unclip_decoder", self.image_size // self.patch, width, width, channels, layers,
+                               attn_levels, heads, groups, cross_dim, class_embed_type="projection",
+                               projection_class_embeddings_input_dim=self.embed_dim)
         self.cond_norm = nn.LayerNorm(self.embed_dim, elementwise_affine=False)
         self.null_embedding = nn.Parameter(torch.zeros(self.embed_dim))  # after cond_norm: the dropped condition
         self.to_tokens = nn.Linear(self.embed_dim, cond_tokens * cross_dim)

@@ -65,7 +65,7 @@ def _train(cfg: DictConfig, accelerator: Accelerator, callbacks: list) -> dict:
     model = build("model", cfg.model)
     check_data_fits(cfg.data, model)  # e.g. a generator's vocabulary against its tokenizer release, before encoding
     resume = resume_path(accelerator, t, ckpt_dir)
-    if t.init_from and not resume:
+    if (t.init_from or t.init_modules) and not resume:
         init_weights(model, t)
     parts = prepare(accelerator, model, t, *build_data(cfg.data, t, accelerator, out_dir))
     step = load_resume(accelerator, resume, ckpt_dir) if resume else 0
@@ -129,11 +129,15 @@ def prepare(accelerator, model, t, train_set, loader, eval_loader) -> Parts:
 
 
 def init_weights(model, t) -> None:
-    from vistok.loading import init_from
+    from vistok.loading import init_from, init_module
 
-    skipped = init_from(model, t.init_from, list(t.init_skip))
-    logger.info(f"initialised from {t.init_from}; {len(skipped)} keys left to their fresh values "
-                f"(train.init_skip {list(t.init_skip)}): {skipped}", main_process_only=True)
+    if t.init_from:
+        skipped = init_from(model, t.init_from, list(t.init_skip))
+        logger.info(f"initialised from {t.init_from}; {len(skipped)} keys left to their fresh values "
+                    f"(train.init_skip {list(t.init_skip)}): {skipped}", main_process_only=True)
+    for name, path in dict(t.init_modules).items():
+        unused = init_module(model, name, path)
+        logger.info(f"initialised {name} from {path}; its weights not used: {unused}", main_process_only=True)
 
 
 class EpochShuffleSampler(Sampler):
