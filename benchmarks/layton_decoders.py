@@ -77,6 +77,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lenet", default="checkpoints/fd_lenet")
     p.add_argument("--out", default="")
+    p.add_argument("--grid", default="", help="also save the first 8 originals over each decoder's 8 (PNG)")
     args = p.parse_args()
     vq, s1, s2 = (Pipeline.from_pretrained(path) for path in (args.vqgan, args.stage1, args.stage2))
     data, images = held_out(s2, args.num_images)
@@ -95,10 +96,16 @@ def main():
         **{f"stage2_walk{k}": (lambda k: lambda c, g: t2.decode(c, g, decode_sampler="consistency", decode_steps=k))(k)
            for k in (1, 2, 3)},
     }
-    results = {}
+    results, rows = {}, [images[:8]]
     for name, fn in runs.items():
         decoded, seconds = decode_all(fn, codes, args.batch_size, args.seed)
         results[name] = score(name, images, decoded, seconds, extra)
+        rows.append(decoded[:8])
+    if args.grid:
+        from vistok.image_files import save_grid
+
+        save_grid(torch.cat(rows), args.grid, nrow=min(8, len(images)))
+        results["grid_rows"] = ["originals", *runs]
     results["originals"] = ceiling
     results["setup"] = {"num_images": len(images), "data": s2.data["type"], "tokens_per_image": int(codes[0].numel()),
                         "codebook_size": t2.codebook_size, "cond_scale": t2.cond_scale, "threads": torch.get_num_threads(),

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """`make demo-layton`: Layton on ShapesWorld (or MNIST: --data mnist) through the user CLIs.
 
-    KL:      train configs/kl/shapes.yaml -> release.py -> scripts/latent_scale.py --write -> evaluate.py recon
-    VQ:      train configs/vqgan/shapes_16tok.yaml (16 tokens per 32x32 image) -> release.py -> evaluate.py recon
+    KL:      train configs/kl/shapes.yaml -> release.py -> scripts/latent_scale.py --write (the measured scale)
+    VQ:      train configs/vqgan/shapes_16tok.yaml (16 tokens per 32x32 image) -> release.py
     stage 1: train configs/layton/shapes_stage1.yaml (the VQ copied in and frozen: train.init_modules) -> release
     stage 2: train configs/layton/shapes_stage2.yaml (from stage 1: the 3-step consistency decoder) -> release
     decoders: benchmarks/layton_decoders.py (the vqgan decoder, stage 1 with DDIM and the walk, stage 2 with 1-3
@@ -53,6 +53,7 @@ def main():
     decoders = stage("compare decoders", timings, [
         "benchmarks/layton_decoders.py", "--vqgan", vq_rel, "--stage1", s1_rel, "--stage2", rel,
         "--num-images", str(4 if args.quick else args.decode_images), "--out", bench_out,
+        "--grid", os.path.join(out, "decoders.png"),
         *(["--ddim-steps", "4", "--batch-size", "4"] if args.quick else [])])
     metrics = {"decoders": decoders, "timings_seconds": timings}
     if args.data == "shapes":
@@ -130,7 +131,8 @@ def report(data: str, metrics: dict) -> list[str]:
                f"{d[k]['brightness_error']:.2f} | {d[k].get(extra, float('nan')):.3f} | {d[k]['seconds_per_image']:.4f} |"
                for k in rows]]
     if data == "shapes":
-        lines += [f"", f"Real scenes read back by the detector: {d['originals'].get('read_back', float('nan')):.3f}."]
+        lines += ["", f"Real scenes read back by the detector: {d['originals'].get('read_back', float('nan')):.3f}."]
+    lines += ["", "Originals (top row), then one row per decoder in the table's order:", "", "![decoders](decoders.png)"]
     g = metrics.get("laytongen")
     if g:
         tasks = [k for k in ("single_object", "two_object", "counting", "colors", "position", "color_attr") if k in g]

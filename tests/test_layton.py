@@ -220,3 +220,30 @@ def test_lora_over_a_folder_unet_trains_and_saves_only_the_adapters(kl_dir, tmp_
     m.save_pretrained(tmp_path / "layton")
     back = Layton.from_pretrained(str(tmp_path / "layton"))
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in m.state_dict().items())
+
+
+# ---- paper scale ----------------------------------------------------------------------------------------------------
+
+def test_the_paper_config_builds_on_meta_with_lactoks_layout():
+    import os
+
+    from vistok.config import build, load_config
+
+    sdxl = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "layton", "sdxl")
+    cfg = load_config("configs/layton/paper_stage1.yaml", [f"model.vae.path={sdxl}", f"model.unet.path={sdxl}"])
+    with torch.device("meta"):  # the SDXL hyperparameters only (configs/layton/sdxl), no weights
+        m = build("model", cfg.model)
+    assert m.token_shape == (16, 16) and m.latent_shape == (4, 128, 128) and m.vq.image_size == 256
+    assert sum(p.numel() for p in m.unet.model.parameters() if not p.requires_grad) == 2_567_463_684  # SDXL's UNet
+    emb = m.controlnet.controlnet_cond_embedding  # LaCToK's stride-1 embedding: 8 -> 8, (8, 8, 32), (32, 32, 96), ...
+    assert tuple(emb.conv_in.weight.shape) == (8, 8, 3, 3) and tuple(emb.conv_out.weight.shape) == (320, 256, 3, 3)
+    assert [tuple(b.weight.shape[:2]) for b in emb.blocks] == [(8, 8), (32, 8), (32, 32), (96, 32), (96, 96), (256, 96)]
+    assert all(b.stride == (1, 1) for b in [emb.conv_in, *emb.blocks, emb.conv_out])
+    trained = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith("controlnet.") or ".lora_" in n for n in trained)
+    lora = [n for n in trained if ".lora_" in n]
+    assert any("conv_shortcut.lora_A" in n for n in lora) and any("upsamplers.0.conv.lora_B" in n for n in lora)
+    assert any("time_emb_proj.lora_A" in n for n in lora) and any("ff.net.2.lora_A" in n for n in lora)
+    r = {m.get_parameter(n).shape[0] for n in lora if ".lora_A." in n}
+    assert r == {64} and m.unet.lora["alpha"] == 8
+    assert not any(k.startswith(("vae.", "unet.")) and ".lora_" not in k for k in m.state_dict())

@@ -44,11 +44,23 @@ class VistokPart(Part):
 @register_part("vistok_autoencoder")
 class VistokAutoencoderPart(Part):
     """A saved vistok continuous tokenizer (``kl``) as a frozen latent space (``{type: vistok_autoencoder, path:
-    checkpoints/layton-kl-shapes}``): the CPU stand-in for an SD/SDXL VAE, with the ``autoencoder_kl`` part's
-    interface: ``encode(images)`` -> latents at the tokenizer's measured scale, ``decode(latents)`` -> images."""
-    expected, model_class = "vistok continuous tokenizer", "a 'kl' model (config.json + model.safetensors)"
+    checkpoints/demo-layton-kl}``: a release, whose tokenizer is read, or a model folder): the CPU stand-in for an
+    SD/SDXL VAE, with the ``autoencoder_kl`` part's interface: ``encode(images)`` -> latents at the tokenizer's
+    measured scale, ``decode(latents)`` -> images."""
+    expected, model_class = "vistok continuous tokenizer", "a 'kl' release or model (config.json + model.safetensors)"
     needs = (CONFIG_NAME, "model.safetensors")
     config_files = (CONFIG_NAME,)
+
+    def folder(self) -> str:
+        import os
+
+        from vistok.release_format import PIPELINE_NAME, read_meta
+
+        if not os.path.isfile(os.path.join(self.path, PIPELINE_NAME)):
+            return self.path
+        components = read_meta(self.path)["components"]
+        entry = components.get("tokenizer") or next(iter(components.values()))
+        return os.path.join(self.path, entry["path"])
 
     def load(self, folder: str, read_weights: bool) -> None:
         from vistok.modeling import resolve_class
