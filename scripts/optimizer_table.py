@@ -26,6 +26,9 @@ FOLLOWS = {
     "seed/paper_stage2": "SEED `SEED_Tokenizer/lavis/projects/blip2/train/pretrain_codebook.yaml` (LAVIS)",
     "seed/decoder_paper": "nothing trains (the frozen SD-2.1-unCLIP pipeline); the train block is unused",
     "seed_llama/paper": "vistok's choice (SEED-LLaMA's training code is not public; its LoRA settings are used)",
+    "layton/paper_stage1": "vistok's choice (LaCToK releases inference code only; its LoRA settings are used)",
+    "layton/paper_stage2": "vistok's choice (as stage 1; 15,000 steps as LaCToK's released iteration 14999)",
+    "layton/gen_paper": "LlamaGen's T2I recipe (LaytonGen's is not public)",
 }
 
 
@@ -43,7 +46,7 @@ def rows():
         folder = os.path.join(ROOT, "configs", family)
         if family == "accelerate" or not os.path.isdir(folder):
             continue
-        for f in sorted(os.listdir(folder)):
+        for f in sorted(n for n in os.listdir(folder) if n.endswith(".yaml")):  # not configs/layton/sdxl/
             name = f"{family}/{f[:-5]}"
             t = load_config(os.path.join(folder, f)).train
             out.append((name, t.optimizer, f"{t.lr:g}", f"({t.betas[0]:g}, {t.betas[1]:g})", f"{t.weight_decay:g}",
