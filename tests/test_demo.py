@@ -144,7 +144,8 @@ def test_demo_layton_quick(tmp_path):
     """`make demo-layton`'s chain: KL and VQ releases, both Layton stages, the decoder comparison on shared codes,
     LaytonGen released over the Layton codes and scored by GenEval, then sample.py's decoding flags."""
     out, rel = tmp_path / "layton", tmp_path / "rel"
-    proc = run_cli(["scripts/demo_layton.py", "--quick", "--out", str(out), "--release", str(rel)])
+    proc = run_cli(["scripts/demo_layton.py", "--quick", "--out", str(out), "--release", str(rel)],
+                   timeout=1800)  # 16 CLI stages, each importing torch and diffusers: minutes on a busy runner
     metrics = json.loads((out / "metrics.json").read_text())
     d = metrics["decoders"]
     assert {"vqgan_decoder", "stage1_ddim4", "stage1_walk3", "stage2_walk1", "stage2_walk2", "stage2_walk3"} <= set(d)

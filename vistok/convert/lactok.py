@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from vistok.convert import conv_stack
 from vistok.convert.common import Taker, load_converted, read_checkpoint
+from vistok.convert.llamagen import take_encoder, vq_arguments
 from vistok.registry import register_converter
 
 UNET, CONTROLNET = "decoder.unet.base_model.model.", "decoder.controlnet."
@@ -58,21 +58,14 @@ def convert_lactok(path: str, sdxl: str, image_size: int = 1024, vq_image_size: 
     from vistok.tokenizers.layton import Layton
 
     state = read_checkpoint(path)
-    arch = conv_stack.infer_arch(state, path)
-    if "quantize.embedding.weight" not in state:
-        raise KeyError(f"{path}: missing key 'quantize.embedding.weight' (the LaCToK codebook)")
-    codebook_size, codebook_dim = state["quantize.embedding.weight"].shape
-    vq = dict(image_size=vq_image_size, downsample_pad="asymmetric", codebook_size=codebook_size,
-              codebook_dim=codebook_dim, l2_norm=True, ema=False, **arch)
-    model = Layton(image_size=image_size, in_channels=arch["in_channels"], stage=2, vq=vq,
+    vq = vq_arguments(state, path, vq_image_size)
+    model = Layton(image_size=image_size, in_channels=vq["in_channels"], stage=2, vq=vq,
                    vae={"type": "autoencoder_kl", "path": sdxl, "subfolder": "vae"},
                    unet={"type": "unet2d_condition", "path": sdxl, "subfolder": "unet",
                          "lora": {"r": lora_rank(state, path), "alpha": lora_alpha}},
                    cond_embedding_channels=cond_channels(state, path), decode_steps=3, cond_scale=0.8)
     t = Taker(state, path, ignore=("quantize.codebook_used", "post_quant_conv"))
-    conv_stack.encoder(t, arch, ours="vq.encoder")
-    t.copy("quant_conv", "vq.quant_conv")
-    t.out["vq.quantizer.vq.embedding"] = t.get("quantize.embedding.weight")
+    take_encoder(t, vq, ours="vq.")
     for key in [k for k in t.state if k.startswith(CONTROLNET)]:
         t.out["controlnet." + key[len(CONTROLNET):]] = t.get(key)
     for key in [k for k in t.state if k.startswith(UNET) and ".lora_" in k]:

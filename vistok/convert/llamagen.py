@@ -24,22 +24,33 @@ from vistok.convert.common import Taker, count_indexed, load_converted, read_che
 from vistok.registry import register_converter
 
 
-def convert_vq(path: str, image_size: int = 256):
-    from vistok.tokenizers.vqgan import VQGAN
-
-    state = read_checkpoint(path)
+def vq_arguments(state: dict, path: str, image_size: int) -> dict:
+    """The ``vqgan`` / ``VQEncoder`` arguments of a LlamaGen VQ state dict (also LaCToK's): read from the shapes."""
     arch = conv_stack.infer_arch(state, path)
     if "quantize.embedding.weight" not in state:
         raise KeyError(f"{path}: missing key 'quantize.embedding.weight' (the LlamaGen codebook)")
     codebook_size, codebook_dim = state["quantize.embedding.weight"].shape
-    model = VQGAN(image_size=image_size, downsample_pad="asymmetric", codebook_size=codebook_size,
-                  codebook_dim=codebook_dim, l2_norm=True, ema=False, **arch)
+    return dict(image_size=image_size, downsample_pad="asymmetric", codebook_size=codebook_size,
+                codebook_dim=codebook_dim, l2_norm=True, ema=False, **arch)
+
+
+def take_encoder(t: Taker, vq: dict, ours: str = "") -> None:
+    """The encoding half (encoder, quant_conv, codebook) into ``ours``-prefixed vistok names."""
+    conv_stack.encoder(t, vq, ours=ours + "encoder")
+    t.copy("quant_conv", ours + "quant_conv")
+    t.out[ours + "quantizer.vq.embedding"] = t.get("quantize.embedding.weight")
+
+
+def convert_vq(path: str, image_size: int = 256):
+    from vistok.tokenizers.vqgan import VQGAN
+
+    state = read_checkpoint(path)
+    vq = vq_arguments(state, path, image_size)
+    model = VQGAN(**vq)
     t = Taker(state, path, ignore=("quantize.codebook_used",))
-    conv_stack.encoder(t, arch)
-    conv_stack.decoder(t, arch)
-    t.copy("quant_conv", "quant_conv")
+    take_encoder(t, vq)
+    conv_stack.decoder(t, vq)
     t.copy("post_quant_conv", "post_quant_conv")
-    t.out["quantizer.vq.embedding"] = t.get("quantize.embedding.weight")
     return load_converted(model, t.finish(), path)
 
 
