@@ -97,6 +97,10 @@ class MultimodalVocab:
     def t2i_prompt(self, caption: str, strict: bool = True) -> list[int]:
         return self._start() + self.text.encode(caption, strict=strict) + [self.boi]
 
+    def null_prompt(self) -> list[int]:
+        """The caption-free text -> image prompt (the unconditional stream of CFG): no caption, then ``<img>``."""
+        return self._start() + self.text.encode("") + [self.boi]
+
     def i2t_prompt(self, codes) -> list[int]:
         return self._start() + self.image(codes)
 

@@ -213,7 +213,7 @@ class SeedLlama(VistokModel):
             rows = [i for i, e in enumerate(encoded) if len(e) == length]
             streams = [torch.tensor([encoded[i] for i in rows], device=device)]
             if cfg_scale != 1.0:
-                streams.append(torch.tensor([self.vocab.t2i_prompt("", strict=False)] * len(rows), device=device))
+                streams.append(torch.tensor([self.vocab.null_prompt()] * len(rows), device=device))
 
             def pick(last, i):
                 logits = last[0][:, codes]
