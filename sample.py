@@ -134,7 +134,7 @@ def _main(argv=None) -> int:
         return 0
     write_json(os.path.join(args.out, "sampling.json"), {**settings, "complete": True, "vistok_version": __version__})
     grid = os.path.join(args.out, "grid.png")
-    print(json.dumps({"out": args.out, "num_images": settings["num_images"], "grid": grid if os.path.isfile(grid) else None,
+    print(json.dumps({"out": args.out, **{k: settings[k] for k in ("num_images", "num_shapes") if k in settings}, "grid": grid if os.path.isfile(grid) else None,
                       "seconds": settings["seconds"]}))
     return 0
 

@@ -91,11 +91,15 @@ def _model_class(model_type: str):
 def default_type(components: dict) -> str:
     """The pipeline type the components' driver declares: of ``{name: (model class, config dict)}`` (or model
     instances), the one with the highest ``drive_priority`` (a generator over a tokenizer over an SR stage)
-    names its ``default_pipeline(config)``."""
+    names its ``default_pipeline(config)``, which another component may map (``pipeline_for(name)``: a 3-D
+    tokenizer turns a generator's 'class-to-image' into 'class-to-shape')."""
     pairs = {n: (c if isinstance(c, tuple) else (type(c), c.config_dict())) for n, c in components.items()}
     cls, config = max(pairs.values(), key=lambda p: getattr(p[0], "drive_priority", -1))
     hook = getattr(cls, "default_pipeline", None)
     name = hook(config) if hook is not None else None
+    for other, _ in pairs.values():  # a component may say what the driver's type becomes over it (images -> meshes)
+        if other is not cls and name and hasattr(other, "pipeline_for"):
+            name = other.pipeline_for(name)
     if not name:
         raise ValueError(f"no component of {sorted(components)} names a pipeline type; pass one (--pipeline-type)")
     return name

@@ -78,7 +78,9 @@ class Choices:
 
 
 def OneOf(*values):  # noqa: N802 (reads as a type)
-    return Annotated[str, Choices(tuple(values))]
+    """One of the given strings (or, given ints, one of those ints)."""
+    kind = int if values and all(isinstance(v, int) for v in values) else str
+    return Annotated[kind, Choices(tuple(values))]
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,10 @@ def encode_dataset(tokenizer, dataset, batch_size: int = 256, flip: bool = False
     """-> ({"codes" int32 | "latents" float32: N,... (N,2,... with ``flip``: also the mirrored image),
     "labels" int64}, captions list or None)."""
     out, labels, captions = [], [], []
+    key = getattr(tokenizer, "input_key", "image")  # images, point clouds ...
     for i in range(0, len(dataset), batch_size):
         items = [dataset[j] for j in range(i, min(len(dataset), i + batch_size))]
-        images = torch.stack([it["image"] for it in items])
+        images = torch.stack([it[key] for it in items])
         z = tokenizer.encode(images)
         if flip:
             z = torch.stack([z, tokenizer.encode(images.flip(-1))], 1)
@@ -179,7 +180,8 @@ class TokenDataset(Dataset):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.tokenizer.decode(codes.to(next(self.tokenizer.parameters()).device)).clamp(-1, 1)
+        """Codes -> images for grids while training (the tokenizer's ``preview``: decoded images, rendered meshes)."""
+        return self.tokenizer.preview(codes.to(next(self.tokenizer.parameters()).device))
 
     def __repr__(self) -> str:
         return f"TokenDataset({self.cache!r}, n={len(self)})"

@@ -22,6 +22,7 @@ a full forward pass per token.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Annotated, Literal
 
 import torch
@@ -36,7 +37,7 @@ from vistok.nn.guidance import Guidance, drop_condition
 from vistok.nn.layout import TokenLayout
 from vistok.nn.transformer import Block, KVCache, RMSNorm, causal_mask, rope_angles
 from vistok.registry import register_model
-from vistok.schema import NonNegFloat, NonNegInt, PartSpec, PosFloat, PosInt, PosInts, Prob, Range
+from vistok.schema import NonNegFloat, NonNegInt, OneOf, PartSpec, PosFloat, PosInt, PosInts, Prob, Range
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -124,6 +125,7 @@ class ARGenerator(VistokModel):
         class_dropout: Prob = 0.1,
         rope: str = "2d",
         scales: PosInts = (),
+        scale_axes: OneOf(1, 2) = 2,
         text_vocab: list[str] = (),
         text_len: PosInt = 16,
         text_depth: NonNegInt = 2,
@@ -138,7 +140,8 @@ class ARGenerator(VistokModel):
             raise ValueError(f"ar: rope='{rope}'; expected '1d' or '2d'")
         self.scales = [int(v) for v in scales]
         self.vocab_size = vocab_size
-        self.token_shape = (self.scales[-1], self.scales[-1]) if self.scales else tuple(token_shape)
+        # next-scale codes: 2-D maps s_k x s_k (VAR, TokenFlow) or, with scale_axes 1, token runs of n_k (VAT)
+        self.token_shape = (self.scales[-1],) * scale_axes if self.scales else tuple(token_shape)
         self.layout = TokenLayout(self.token_shape, scales=tuple(self.scales))
         self.seq_len = self.layout.num_tokens
         self.num_classes, self.class_dropout = num_classes, class_dropout
@@ -186,7 +189,7 @@ class ARGenerator(VistokModel):
         block ids: 0 for the condition, k + 1 for scale k."""
         p = self.prefix
         centres, groups = self.layout.positions("edge"), self.layout.groups()  # CPU tensors, even under a meta device
-        pos = torch.cat([centres.new_zeros(p, 2), centres])
+        pos = torch.cat([centres.new_zeros(p, centres.shape[1]), centres])
         block_ids = torch.cat([groups.new_zeros(p), groups + 1])
         self.register_buffer("positions", pos, persistent=False)
         self.register_buffer("block_ids", block_ids, persistent=False)
@@ -268,14 +271,13 @@ class ARGenerator(VistokModel):
 
     def scale_inputs(self, codes: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
         """Input embeddings of blocks 1..len(codes)+1: the start block, then each given scale's codes
-        (B,s_k,s_k) upsampled to the next scale's grid."""
+        (B,s_k,s_k; 1-D: B,n_k) upsampled (nearest) to the next scale's grid."""
         d = self.tok_emb.embedding_dim
-        s0 = self.scales[0]
-        blocks = [self.start_emb.expand(batch, s0 * s0, d) + self.scale_emb.weight[0]]
+        shapes = self.layout.scale_shapes
+        blocks = [self.start_emb.expand(batch, math.prod(shapes[0]), d) + self.scale_emb.weight[0]]
         for k, c in enumerate(codes[: len(self.scales) - 1]):
-            nxt = self.scales[k + 1]
-            e = self.tok_emb(c).permute(0, 3, 1, 2)
-            e = F.interpolate(e, size=(nxt, nxt), mode="nearest").flatten(2).transpose(1, 2)
+            e = self.tok_emb(c).movedim(-1, 1)
+            e = F.interpolate(e, size=shapes[k + 1], mode="nearest").flatten(2).transpose(1, 2)
             blocks.append(e + self.scale_emb.weight[k + 1])
         return blocks
 
@@ -340,19 +342,20 @@ class ARGenerator(VistokModel):
         cache = KVCache(self.depth, cond.shape[0], self.heads, self.seq_len + self.prefix, self.head_dim, param.device,
                         param.dtype) if use_cache else None
         codes: list[torch.Tensor] = []
-        for k, sz in enumerate(self.scales):
+        for k, shape in enumerate(self.layout.scale_shapes):
+            n = math.prod(shape)
             if use_cache:
                 block = self.scale_inputs(codes, cond.shape[0])[k]
                 if k == 0:  # prefill: the condition must not see block 1, as in the block-causal full pass
                     x = torch.cat([self.cond_embed(cond), block], 1)
-                    logits = self._run(x, 0, self.block_mask[: x.shape[1], : x.shape[1]], cache)[:, -sz * sz:]
+                    logits = self._run(x, 0, self.block_mask[: x.shape[1], : x.shape[1]], cache)[:, -n:]
                 else:  # block k sees every cached block < k and itself: no mask needed
                     logits = self._run(block, self.block_starts[k], None, cache)
             else:
-                logits = self.scale_logits(cond, codes)[:, -sz * sz:]
+                logits = self.scale_logits(cond, codes)[:, -n:]
             logits = cfg(logits.float(), k)
             nxt = sample_logits(logits.reshape(-1, self.vocab_size), temperature, top_k, top_p, generator)
-            codes.append(cfg.double(nxt.reshape(b, sz, sz)))
+            codes.append(cfg.double(nxt.reshape(b, *shape)))
         return torch.cat([c[:b].flatten(1) for c in codes], 1)
 
     # ---- trainer hooks --------------------------------------------------------------------------

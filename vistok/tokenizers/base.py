@@ -31,6 +31,10 @@ class Tokenizer(VistokModel):
     def reconstruct(self, x):
         raise NotImplementedError
 
+    def preview(self, codes) -> torch.Tensor:
+        """Codes -> images B,C,H,W in [-1, 1] that show them (a generator's samples while it trains)."""
+        return self.decode(codes).clamp(-1, 1)
+
     @property
     def layout(self):
         """The ``TokenLayout`` of its codes (``token_shape``, or the finest of ``scales``), None for continuous
