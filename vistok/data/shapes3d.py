@@ -259,13 +259,13 @@ class MeshFolder3D(_PointsAndQueries):
         self.paths = [p for p, _ in items]
         self.labels = [self.class_names.index(c) for _, c in items]
         cache = cache_dir or os.path.join(os.environ.get("VISTOK_CACHE") or os.path.expanduser("~/.cache/vistok"), "meshes")
-        self.cached = [self._labelled(p, pool, label_pool, cache) for p in self.paths]
+        self.cached = [self._labelled(p, pool, label_pool, near_sigma, cache) for p in self.paths]
 
     @staticmethod
-    def _labelled(path: str, pool: int, label_pool: int, cache: str) -> dict:
+    def _labelled(path: str, pool: int, label_pool: int, sigma: float, cache: str) -> dict:
         """Surface pool, query pool and their occupancy for one mesh, from the cache or computed once."""
         with open(path, "rb") as f:
-            key = hashlib.sha256(f.read() + f"{pool},{label_pool},v1".encode()).hexdigest()[:24]
+            key = hashlib.sha256(f.read() + f"{pool},{label_pool},{sigma},v1".encode()).hexdigest()[:24]
         file = os.path.join(cache, key + ".npz")
         if os.path.isfile(file):
             with np.load(file) as z:
@@ -273,7 +273,7 @@ class MeshFolder3D(_PointsAndQueries):
         mesh = normalize_mesh(load_mesh(path))
         pts, normals = sample_surface(mesh, pool, seed=0)
         rng = np.random.default_rng(0)
-        queries = np.concatenate([_uniform_queries(label_pool // 2, rng), _near_queries(pts, label_pool - label_pool // 2, 0.03, rng)])
+        queries = np.concatenate([_uniform_queries(label_pool // 2, rng), _near_queries(pts, label_pool - label_pool // 2, sigma, rng)])
         out = {"surface": np.concatenate([pts, normals], 1).astype(np.float32), "queries": queries.astype(np.float32),
                "inside": mesh.contains(queries)}
         os.makedirs(cache, exist_ok=True)
