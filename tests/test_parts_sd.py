@@ -93,7 +93,8 @@ def test_autoencoder_kl_subfolder_sample_and_shift(tmp_path):
         z = ref.encode(x).latent_dist.sample(torch.Generator().manual_seed(3))
         latents = part.encode(x, generator=torch.Generator().manual_seed(3))
         assert torch.equal(latents, (z - 0.25) * 0.5)
-        assert torch.allclose(part.decode(latents), ref.decode(z).sample, atol=1e-6)
+        # (z - shift) * scale and back is exact only to fp32 rounding (~1e-7), which the decoder amplifies
+        assert torch.allclose(part.decode(latents), ref.decode(z).sample, atol=1e-5)
 
 
 def test_autoencoder_kl_without_weights_builds_from_config(vae_dir):

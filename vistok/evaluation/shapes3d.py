@@ -9,7 +9,8 @@ the k scales x ceil(log2 K) / 8) and the compression ratio against the reference
 vertices, int32 faces).
 
 Generation (``--generate``, a ``class-to-shape`` release): ``--per-class`` shapes of every class; MMD and coverage
-(Chamfer-L1) against as many held-out shapes, connected components per mesh, empty meshes.
+(Chamfer-L1) against as many held-out shapes, connected components per mesh, empty meshes, and the share a
+geometric classifier (``vistok.classifiers.shape_type``) recognises as the requested primitive type.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from vistok.data.base import build_dataset
+from vistok.data.shapes3d import PRIMITIVES
 from vistok.evaluation.task import Task
 from vistok.meshes import connected_components, is_empty, ply_bytes, sample_surface
 from vistok.metrics.shapes3d import mmd_coverage, surface_metrics, volume_iou
@@ -71,6 +73,12 @@ def evaluate_generation(pipe, data, per_class: int, surface_samples: int = 2048,
     comps = [connected_components(m) for m in meshes]
     result.update({"components_mean": float(np.mean(comps)), "single_component": float(np.mean([c == 1 for c in comps])),
                    "empty": float(np.mean([is_empty(m) for m in meshes])), "labels": labels})
+    if list(getattr(data, "class_names", []))[: len(PRIMITIVES)] == list(PRIMITIVES):  # single-primitive classes
+        from vistok.classifiers.shape_type import ShapeTypeClassifier
+
+        single = [i for i, c in enumerate(labels) if c < len(PRIMITIVES)]
+        pred = ShapeTypeClassifier.fit_procedural().predict([meshes[i] for i in single])
+        result["recognised_as_requested"] = float(np.mean([p == labels[i] for p, i in zip(pred, single)]))
     return result, meshes
 
 
