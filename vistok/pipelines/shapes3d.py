@@ -11,7 +11,8 @@ import torch
 from vistok.cli import ranged
 from vistok.image_files import save_grid
 from vistok.pipelines.base import Pipeline
-from vistok.registry import register_pipeline
+from vistok.pipelines.writers import Writer
+from vistok.registry import register_pipeline, register_writer
 
 
 def render_grid(meshes: list, path: str, nrow: int = 8, size: int = 96) -> None:
@@ -101,3 +102,25 @@ class ClassToShapePipeline(ShapePipeline):
                 render_grid(meshes, os.path.join(out, "grid.png"), nrow=max(1, min(8, labels.count(labels[0]))))
         return {"mode": "generate", "num_shapes": len(labels), "labels": labels, "batch_size": args.batch_size,
                 "num_processes": state.num_processes, **options}
+
+
+class MeshWriter(Writer):
+    """``<index:05d>.<ext>`` per mesh (3-D pipelines), written atomically."""
+
+    ext = "obj"
+
+    def write(self, index: int, mesh) -> None:
+        from vistok.meshes import write_mesh
+
+        os.makedirs(self.out, exist_ok=True)
+        write_mesh(mesh, os.path.join(self.out, f"{index:05d}.{self.ext}"))
+
+
+@register_writer("obj")
+class ObjWriter(MeshWriter):
+    ext = "obj"
+
+
+@register_writer("ply")
+class PlyWriter(MeshWriter):
+    ext = "ply"

@@ -72,24 +72,3 @@ class CaptionWriter(Writer):
 def build_writers(names, out: str) -> list[Writer]:
     return [lookup("writer", n)(out) for n in names]
 
-
-class MeshWriter(Writer):
-    """``<index:05d>.<ext>`` per mesh (3-D pipelines), written atomically."""
-
-    ext = "obj"
-
-    def write(self, index: int, mesh) -> None:
-        from vistok.meshes import write_mesh
-
-        os.makedirs(self.out, exist_ok=True)
-        write_mesh(mesh, os.path.join(self.out, f"{index:05d}.{self.ext}"))
-
-
-@register_writer("obj")
-class ObjWriter(MeshWriter):
-    ext = "obj"
-
-
-@register_writer("ply")
-class PlyWriter(MeshWriter):
-    ext = "ply"
