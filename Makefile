@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-shapes demo-xar demo-seed demo-layton test test-fast setup clean bench
+.PHONY: demo demo-shapes demo-xar demo-seed demo-layton demo-vat test test-fast setup clean bench
 
 setup: $(STAMP)
 
@@ -30,6 +30,9 @@ demo-seed: $(STAMP)
 demo-layton: $(STAMP)
 	$(BIN)/python scripts/demo_layton.py
 	$(BIN)/python scripts/demo_layton.py --data mnist
+
+demo-vat: $(STAMP)
+	$(BIN)/python scripts/demo_vat.py
 
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache

@@ -20,13 +20,15 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 from demo import stage  # noqa: E402
 
+import ablation_runs  # noqa: E402  (benchmarks/, this script's folder)
+
 COMMON = ["train.progress=false", "train.resume=latest", "train.image_every=0"]
+VARIANTS = ("causal", "bidirectional")
 
 
 def run(variant: str, seed: int, args, timings: dict) -> dict:
@@ -72,40 +74,19 @@ def with_gain(row: dict) -> dict:
     return {**row, "code_gain": math.log(row["codes_perplexity"]) - row["code_ce"]}
 
 
-def summarise(rows: list[dict], key: str) -> dict:
-    vals = [r[key] for r in rows]
-    return {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--decoder", default="runs/demo-seed/decoder", help="a trained unclip_decoder run (make demo-seed's)")
-    p.add_argument("--out", default="runs/bench-seed-causal")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, nargs=3, default=[300, 300, 800], metavar=("STAGE1", "STAGE2", "GENERATOR"))
+    ablation_runs.add_arguments(p, "runs/bench-seed-causal", [300, 300, 800])
     p.add_argument("--eval-batches", type=int, default=16)
     p.add_argument("--images-per-prompt", type=int, default=2)
     p.add_argument("--cfg-scale", type=float, default=3.0)
-    p.add_argument("--summarise", action="store_true", help="only recompute the summary of OUT/results.json")
     args = p.parse_args()
-    timings, rows = {}, []
-    if args.summarise:
-        prev = json.load(open(os.path.join(args.out, "results.json")))
-        rows, timings = prev["runs"], {"all": prev["seconds"]}
-        args.seeds, args.steps = prev["seeds"], prev["steps"]
-    for seed in [] if args.summarise else args.seeds:
-        for variant in ("causal", "bidirectional"):
-            rows.append(run(variant, seed, args, timings))
-            print(json.dumps(rows[-1]), flush=True)
+    rows, timings = ablation_runs.run_all(args, VARIANTS, run)
     rows = [with_gain(r) for r in rows]
     keys = ["code_ce", "code_gain", "code_perplexity", "code_accuracy", "caption_ce", "codebook_usage",
             "codes_perplexity", "recon_cosine", "geneval_overall"]
-    out = {v: {k: summarise([r for r in rows if r["variant"] == v], k) for k in keys} for v in ("causal", "bidirectional")}
-    out.update(seeds=args.seeds, steps=args.steps, runs=rows, seconds=round(sum(timings.values()), 1))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(out, f, indent=2)
-    print(json.dumps(out))
+    ablation_runs.write_summary(args, VARIANTS, rows, keys, timings)
 
 
 if __name__ == "__main__":

@@ -165,3 +165,28 @@ def test_demo_layton_quick(tmp_path):
         assert settings["decode_steps"] == int(steps) and (tmp_path / f"recon{steps}" / "grid.png").is_file()
     one, two = (np.asarray(Image.open(tmp_path / f"recon{s}" / "00000.png")) for s in ("1", "2"))
     assert one.shape == (32, 32, 3) and not np.array_equal(one, two)
+
+
+@pytest.mark.slow
+def test_demo_vat_quick(tmp_path):
+    """`make demo-vat`'s chain: both VAT stages, the tokenizer release and its code-budget table, reconstructed
+    meshes, the next-scale generator released with it as a class-to-shape pipeline, generated meshes that load,
+    their render grid, and the generated-shape scores."""
+    import trimesh
+
+    out, rel = tmp_path / "vat", tmp_path / "rel"
+    proc = run_cli(["scripts/demo_vat.py", "--quick", "--out", str(out), "--release", str(rel)], timeout=1800)
+    metrics = json.loads((out / "metrics.json").read_text())
+    b = metrics["budgets"]["budgets"]
+    assert sorted(b, key=lambda k: int(k.split("_")[1])) == [f"scales_{k}" for k in range(1, 7)]
+    assert [b[f"scales_{k}"]["bytes"] for k in range(1, 7)] == [1, 3, 7, 15, 31, 63]  # 256 codes: one byte each
+    assert all(0 <= r["fscore@0.02"] <= 1 and 0 <= r["iou"] <= 1 for r in b.values())
+    assert json.loads((rel / "pipeline.json").read_text())["pipeline_type"] == "class-to-shape"
+    assert json.loads((tmp_path / "rel-tokenizer" / "pipeline.json").read_text())["pipeline_type"] == "shape-reconstruction"
+    generated = sorted((out / "generated").glob("*.obj"))
+    assert len(generated) == 6 and (out / "generated" / "grid.png").is_file() and (out / "reconstructed" / "grid.png").is_file()
+    assert all(isinstance(trimesh.load(f, force="mesh"), trimesh.Trimesh) for f in generated)
+    g = metrics["generated"]
+    assert g["num_generated"] == 6 and 0 <= g["coverage"] <= 1 and 0 <= g["recognised_as_requested"] <= 1
+    assert "grid.png" in (out / "report.md").read_text()
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["coverage"] == g["coverage"]

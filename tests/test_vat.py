@@ -88,8 +88,9 @@ def test_token_counts_per_scale_and_prefix_decoding(shapes):
     assert m.layout.num_tokens == 15 and m.layout.shape == (8,)
 
 
-def test_occupancy_decoder_shapes():
-    m = tiny()
+@pytest.mark.parametrize("upsample", ["conv", "shuffle"])
+def test_occupancy_decoder_shapes(upsample):
+    m = tiny(triplane_upsample=upsample)
     planes = m.triplane(torch.randn(3, 8, 4))
     assert planes.shape == (3, 3, 8, 8, 8)  # B, planes, C, R x up, R x up
     logits = m.occupancy_logits(planes, torch.rand(3, 100, 3) * 2 - 1)
@@ -98,9 +99,9 @@ def test_occupancy_decoder_shapes():
         m.latent(torch.randn(2, 10, 3))
 
 
-@pytest.mark.parametrize("variational", [True, False])
-def test_vat_learns_occupancy(shapes, variational):
-    m = tiny(variational=variational, dim=32)
+@pytest.mark.parametrize("variational,upsample", [(True, "conv"), (False, "conv"), (True, "shuffle")])
+def test_vat_learns_occupancy(shapes, variational, upsample):
+    m = tiny(variational=variational, dim=32, triplane_upsample=upsample)
     b = batch_of(shapes, 8)
     opt = torch.optim.AdamW(m.parameters(), 3e-3)
     losses = []
