@@ -22,7 +22,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demo import save_metrics, stage  # noqa: E402
 
-STEPS = {"stage1": 1200, "stage2": 400}  # the generator trains its config's train.max_steps
 QUICK = ["train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=3", "train.batch_size=8",
          "train.eval_batches=1", "train.warmup_steps=1"]
 QUICK_DATA = ["data.size=24", "data.num_points=128", "data.pool=512", "data.num_uniform=256", "data.num_near=256",
@@ -40,17 +39,22 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--num-shapes", type=int, default=16, help="held-out shapes for the code-budget table")
     p.add_argument("--per-class", type=int, default=8, help="generated shapes of each type for MMD / coverage")
+    p.add_argument("--steps", type=int, nargs=2, default=[1200, 400], metavar=("STAGE1", "STAGE2"),
+                   help="VAT training steps (the generator trains its config's train.max_steps)")
+    p.add_argument("--vat", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for both VAT stages, e.g. model.triplane_upsample=shuffle")
+    p.add_argument("--results", default="results/demo_vat_metrics.json", help="copy of metrics.json (not with --quick)")
     args = p.parse_args()
     out, rel, timings, t0 = args.out, args.release, {}, time.time()
     tok_rel, gen_rel = rel + "-tokenizer", rel
     s1, s2, gen = (os.path.join(out, n) for n in ("stage1", "stage2", "generator"))
     quick = QUICK + QUICK_DATA if args.quick else []
-    vat = quick + QUICK_VAT if args.quick else []
+    vat = [*args.vat, *(quick + QUICK_VAT if args.quick else [])]
     common = ["train.resume=latest", "train.progress=false"]
     stage("train VAT stage 1", timings, ["train.py", "--config", "configs/vat/shapes_stage1.yaml", f"train.output_dir={s1}",
-                                         f"train.max_steps={STEPS['stage1']}", *common, *vat])
+                                         f"train.max_steps={args.steps[0]}", *common, *vat])
     stage("train VAT stage 2", timings, ["train.py", "--config", "configs/vat/shapes_stage2.yaml", f"train.output_dir={s2}",
-                                         f"train.init_from={s1}", f"train.max_steps={STEPS['stage2']}", *common, *vat])
+                                         f"train.init_from={s1}", f"train.max_steps={args.steps[1]}", *common, *vat])
     stage("release tokenizer", timings, ["release.py", "--tokenizer", s2, "--out", tok_rel])
     n = 2 if args.quick else args.num_shapes
     coarse = ["--resolution", "16", "--surface-samples", "500", "--iou-points", "500"] if args.quick else []
@@ -70,7 +74,7 @@ def main():
     generator = json.load(open(os.path.join(gen, "train_summary.json")))["metrics"]
     metrics = {"budgets": budgets, "generated": generated, "timings_seconds": timings,
                "generator_eval": {k: v for k, v in generator.items() if k.startswith("eval")}}
-    save_metrics(out, metrics, None if args.quick else os.path.join("results", "demo_vat_metrics.json"))
+    save_metrics(out, metrics, None if args.quick else args.results)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(report(metrics)))
     print(f"\nstage times (s): {json.dumps(timings)}; total {round(time.time() - t0, 1)} s")

@@ -171,6 +171,10 @@ def test_normalize_ply_bytes_and_write(tmp_path):
     np.testing.assert_array_equal(back.faces, box.faces)
     write_mesh(box, str(tmp_path / "box.obj"))
     assert load_mesh(str(tmp_path / "box.obj")).is_watertight
+    for ext in ("obj", "ply"):  # an empty decoded shape still writes a file readers accept
+        write_mesh(trimesh.Trimesh(), str(tmp_path / f"empty.{ext}"))
+        empty = trimesh.load(str(tmp_path / f"empty.{ext}"), force="mesh")
+        assert len(empty.vertices) == 0 and len(empty.faces) == 0
 
 
 def test_render_mesh_sphere_is_round(sphere_mesh):

@@ -140,12 +140,13 @@ def ply_data(mesh: trimesh.Trimesh) -> bytes:
 
 def write_mesh(mesh: trimesh.Trimesh, path: str) -> None:
     """Write ``mesh`` as .obj (trimesh's exporter) or binary .ply (``ply_data``), through ``path + '.tmp'`` and a
-    rename, so a crash never leaves half a file at ``path``."""
+    rename, so a crash never leaves half a file at ``path``. An empty mesh (nothing above the iso-level) is a
+    valid empty file (trimesh's OBJ exporter would write a bare ``v`` / ``f`` pair that no reader accepts)."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".ply":
         data = ply_data(mesh)
     elif ext == ".obj":
-        data = mesh.export(file_type="obj").encode("utf-8")
+        data = b"# vistok: empty mesh\n" if len(mesh.faces) == 0 else mesh.export(file_type="obj").encode("utf-8")
     else:
         raise ValueError(f"{path}: write_mesh writes .obj or .ply, not {ext!r}")
     folder = os.path.dirname(os.path.abspath(path))
