@@ -6,12 +6,21 @@ import json
 import os
 import statistics
 
+from demo import train_stage  # scripts/ (the caller puts it on sys.path)
+
 
 def add_arguments(p, out: str, steps: list[int]) -> None:
     p.add_argument("--out", default=out)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, nargs=3, default=steps, metavar=("STAGE1", "STAGE2", "GENERATOR"))
     p.add_argument("--summarise", action="store_true", help="only recompute the summary of OUT/results.json")
+
+
+def train(name: str, timings: dict, config: str, out_dir: str, steps: int, *overrides: str) -> dict:
+    """``train.py --config CONFIG`` for ``steps`` steps into ``out_dir`` (resumable, one checkpoint and one evaluation
+    at the end) -> its train_summary.json metrics."""
+    return train_stage(name, timings, config, out_dir, *overrides, "train.image_every=0", f"train.max_steps={steps}",
+                       f"train.checkpoint_every={steps}", f"train.eval_every={steps}")["metrics"]
 
 
 def run_all(args, variants: tuple[str, ...], run) -> tuple[list[dict], dict]:

@@ -17,7 +17,6 @@ collapses onto fewer codes has a lower loss without being easier to predict). ``
 last line from an earlier run's results.json without training.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -27,7 +26,6 @@ from demo import stage  # noqa: E402
 
 import ablation_runs  # noqa: E402  (benchmarks/, this script's folder)
 
-COMMON = ["train.progress=false", "train.resume=latest", "train.image_every=0"]
 VARIANTS = ("causal", "bidirectional")
 
 
@@ -37,23 +35,17 @@ def run(variant: str, seed: int, args, timings: dict) -> dict:
     s1, s2, gen = (os.path.join(root, n) for n in ("stage1", "stage2", "generator"))
     tok_rel, rel = os.path.join(root, "release-tokenizer"), os.path.join(root, "release")
     steps1, steps2, steps_gen = args.steps
-    both = [f"model.causal={causal}", f"train.seed={seed}", *COMMON]
-    stage(f"{variant} s{seed} stage I", timings, ["train.py", "--config", "configs/seed/shapes_stage1.yaml", *both,
-          f"train.max_steps={steps1}", f"train.output_dir={s1}", f"train.checkpoint_every={steps1}",
-          f"train.eval_every={steps1}"])
-    stage(f"{variant} s{seed} stage II", timings, ["train.py", "--config", "configs/seed/shapes_stage2.yaml", *both,
-          f"train.init_from={s1}", f"train.max_steps={steps2}", f"train.output_dir={s2}",
-          f"train.checkpoint_every={steps2}", f"train.eval_every={steps2}"])
+    both = [f"model.causal={causal}", f"train.seed={seed}"]
+    ablation_runs.train(f"{variant} s{seed} stage I", timings, "configs/seed/shapes_stage1.yaml", s1, steps1, *both)
+    ablation_runs.train(f"{variant} s{seed} stage II", timings, "configs/seed/shapes_stage2.yaml", s2, steps2, *both,
+                        f"train.init_from={s1}")
     codes = stage(f"{variant} s{seed} codes", timings, ["evaluate.py", "seed", "--tokenizer", s2, "--max-items", "1000",
                   "--out", os.path.join(root, "eval_codes.json")])
     stage(f"{variant} s{seed} release tokenizer", timings, ["release.py", "--stage", f"tokenizer={s2}", "--stage",
           f"decoder={args.decoder}", "--out", tok_rel])
-    summary = os.path.join(gen, "train_summary.json")
-    stage(f"{variant} s{seed} generator", timings, ["train.py", "--config", "configs/seed_llama/shapes.yaml",
-          f"data.tokenizer={tok_rel}", f"train.seed={seed}", *COMMON, f"train.max_steps={steps_gen}",
-          f"train.output_dir={gen}", f"train.checkpoint_every={steps_gen}", f"train.eval_every={steps_gen}",
-          f"train.eval_batches={args.eval_batches}"])
-    metrics = json.load(open(summary))["metrics"]
+    metrics = ablation_runs.train(f"{variant} s{seed} generator", timings, "configs/seed_llama/shapes.yaml", gen,
+                                  steps_gen, f"data.tokenizer={tok_rel}", f"train.seed={seed}",
+                                  f"train.eval_batches={args.eval_batches}")
     stage(f"{variant} s{seed} release", timings, ["release.py", "--stage", f"tokenizer={tok_rel}", "--stage",
           f"decoder={args.decoder}", "--stage", f"generator={gen}", "--out", rel])
     samples = os.path.join(root, "t2i")

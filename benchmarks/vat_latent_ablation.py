@@ -27,7 +27,6 @@ from demo import stage  # noqa: E402
 
 import ablation_runs  # noqa: E402  (benchmarks/, this script's folder)
 
-COMMON = ["train.progress=false", "train.resume=latest", "train.image_every=0"]
 VARIANTS = ("variational", "deterministic")
 
 
@@ -52,22 +51,16 @@ def run(variant: str, seed: int, args, timings: dict) -> dict:
     root = os.path.join(args.out, f"{variant}-s{seed}")
     s1, s2, gen, rel = (os.path.join(root, n) for n in ("stage1", "stage2", "generator", "release-tokenizer"))
     steps1, steps2, steps_gen = args.steps
-    both = [f"model.variational={flag}", f"train.seed={seed}", f"data.size={args.data_size}", *COMMON]
-    stage(f"{variant} s{seed} stage 1", timings, ["train.py", "--config", "configs/vat/shapes_stage1.yaml", *both,
-          f"train.max_steps={steps1}", f"train.output_dir={s1}", f"train.checkpoint_every={steps1}",
-          f"train.eval_every={steps1}"])
-    stage(f"{variant} s{seed} stage 2", timings, ["train.py", "--config", "configs/vat/shapes_stage2.yaml", *both,
-          f"train.init_from={s1}", f"train.max_steps={steps2}", f"train.output_dir={s2}",
-          f"train.checkpoint_every={steps2}", f"train.eval_every={steps2}"])
+    both = [f"model.variational={flag}", f"train.seed={seed}", f"data.size={args.data_size}"]
+    ablation_runs.train(f"{variant} s{seed} stage 1", timings, "configs/vat/shapes_stage1.yaml", s1, steps1, *both)
+    ablation_runs.train(f"{variant} s{seed} stage 2", timings, "configs/vat/shapes_stage2.yaml", s2, steps2, *both,
+                        f"train.init_from={s1}")
     stage(f"{variant} s{seed} release", timings, ["release.py", "--tokenizer", s2, "--out", rel])
     recon = stage(f"{variant} s{seed} shape eval", timings, ["evaluate.py", "shape", "--pipeline", rel, "--num-shapes",
                   str(args.num_shapes), "--num-scales", *map(str, args.budgets), "--out",
                   os.path.join(root, "eval_shape.json")])
-    stage(f"{variant} s{seed} generator", timings, ["train.py", "--config", "configs/vat/gen_shapes.yaml",
-          f"data.tokenizer={rel}", f"train.seed={seed}", *COMMON, f"train.max_steps={steps_gen}",
-          f"train.output_dir={gen}", f"train.checkpoint_every={steps_gen}", f"train.eval_every={steps_gen}",
-          f"train.eval_batches={args.eval_batches}"])
-    metrics = json.load(open(os.path.join(gen, "train_summary.json")))["metrics"]
+    metrics = ablation_runs.train(f"{variant} s{seed} generator", timings, "configs/vat/gen_shapes.yaml", gen, steps_gen,
+                                  f"data.tokenizer={rel}", f"train.seed={seed}", f"train.eval_batches={args.eval_batches}")
     ce = metrics.get("eval_ema/ce", metrics.get("eval/ce"))
     row = {"variant": variant, "seed": seed, "code_ce": ce, "code_accuracy": metrics.get(
         "eval_ema/token_accuracy", metrics.get("eval/token_accuracy")),

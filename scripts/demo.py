@@ -56,6 +56,12 @@ def stage(name, timings, args):
     return json.loads(lines[-1]) if lines else {}
 
 
+def train_stage(name: str, timings: dict, config: str, run: str, *overrides: str) -> dict:
+    """``train.py --config CONFIG`` into ``run`` (resumable: a finished run is not trained again) -> its summary."""
+    return stage(name, timings, ["train.py", "--config", config, f"train.output_dir={run}", "train.resume=latest",
+                                 "train.progress=false", *overrides])
+
+
 def save_metrics(out: str, metrics: dict, results: str | None) -> None:
     """runs/<demo>/metrics.json, and a copy under results/ (the README's figures) unless None (--quick)."""
     with open(os.path.join(out, "metrics.json"), "w") as f:

@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import save_metrics, stage  # noqa: E402
+from demo import save_metrics, stage, train_stage  # noqa: E402
 
 CONFIGS = {"shapes": {"kl": "configs/kl/shapes.yaml", "vq": "configs/vqgan/shapes_16tok.yaml",
                       "stage1": "configs/layton/shapes_stage1.yaml", "stage2": "configs/layton/shapes_stage2.yaml"},
@@ -68,9 +68,7 @@ def main():
 
 
 def train(name: str, config: str, run: str, timings: dict, args, *extra) -> dict:
-    quick = QUICK + QUICK_DATA[args.data] if args.quick else []
-    return stage(name, timings, ["train.py", "--config", config, f"train.output_dir={run}", "train.resume=latest",
-                                 "train.progress=false", *extra, *quick])
+    return train_stage(name, timings, config, run, *extra, *(QUICK + QUICK_DATA[args.data] if args.quick else []))
 
 
 def tokenizers(args, out: str, rel: str, timings: dict) -> tuple[str, str]:

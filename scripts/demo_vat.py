@@ -20,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import save_metrics, stage  # noqa: E402
+from demo import save_metrics, stage, train_stage  # noqa: E402
 
 QUICK = ["train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=3", "train.batch_size=8",
          "train.eval_batches=1", "train.warmup_steps=1"]
@@ -50,11 +50,10 @@ def main():
     s1, s2, gen = (os.path.join(out, n) for n in ("stage1", "stage2", "generator"))
     quick = QUICK + QUICK_DATA if args.quick else []
     vat = [*args.vat, *(quick + QUICK_VAT if args.quick else [])]
-    common = ["train.resume=latest", "train.progress=false"]
-    stage("train VAT stage 1", timings, ["train.py", "--config", "configs/vat/shapes_stage1.yaml", f"train.output_dir={s1}",
-                                         f"train.max_steps={args.steps[0]}", *common, *vat])
-    stage("train VAT stage 2", timings, ["train.py", "--config", "configs/vat/shapes_stage2.yaml", f"train.output_dir={s2}",
-                                         f"train.init_from={s1}", f"train.max_steps={args.steps[1]}", *common, *vat])
+    train_stage("train VAT stage 1", timings, "configs/vat/shapes_stage1.yaml", s1, f"train.max_steps={args.steps[0]}",
+                *vat)
+    train_stage("train VAT stage 2", timings, "configs/vat/shapes_stage2.yaml", s2, f"train.init_from={s1}",
+                f"train.max_steps={args.steps[1]}", *vat)
     stage("release tokenizer", timings, ["release.py", "--tokenizer", s2, "--out", tok_rel])
     n = 2 if args.quick else args.num_shapes
     coarse = ["--resolution", "16", "--surface-samples", "500", "--iou-points", "500"] if args.quick else []
@@ -62,8 +61,8 @@ def main():
                                               *coarse, "--out", os.path.join(out, "eval_budgets.json")])
     stage("sample reconstructions", timings, ["sample.py", "--pipeline", tok_rel, "--out", os.path.join(out, "reconstructed"),
                                               "--num-shapes", "8", *coarse[:2]])
-    stage("train generator", timings, ["train.py", "--config", "configs/vat/gen_shapes.yaml", f"data.tokenizer={tok_rel}",
-                                       f"train.output_dir={gen}", *common, *(QUICK + QUICK_GEN if args.quick else [])])
+    generator = train_stage("train generator", timings, "configs/vat/gen_shapes.yaml", gen, f"data.tokenizer={tok_rel}",
+                            *(QUICK + QUICK_GEN if args.quick else []))["metrics"]
     stage("release generator", timings, ["release.py", "--tokenizer", s2, "--generator", gen, "--out", gen_rel])
     per_class = 1 if args.quick else args.per_class
     stage("sample shapes", timings, ["sample.py", "--pipeline", gen_rel, "--out", os.path.join(out, "generated"),
@@ -71,7 +70,6 @@ def main():
     generated = stage("evaluate generated shapes", timings, ["evaluate.py", "shape", "--pipeline", gen_rel, "--generate",
                                                              "--per-class", str(per_class),
                                                              "--out", os.path.join(out, "eval_generated.json")])
-    generator = json.load(open(os.path.join(gen, "train_summary.json")))["metrics"]
     metrics = {"budgets": budgets, "generated": generated, "timings_seconds": timings,
                "generator_eval": {k: v for k, v in generator.items() if k.startswith("eval")}}
     save_metrics(out, metrics, None if args.quick else args.results)

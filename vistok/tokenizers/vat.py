@@ -5,7 +5,8 @@
     --mu / log-sigma heads, reparameterise--> Gaussian latent z B,L,latent_dim              (stage 1 stops here)
     --1-D multi-scale residual VQ (scales n_1 < ... < n_K = L tokens)--> codes, sum n_k tokens  (stage 2)
     [quantised latents; 3 r^2 triplane tokens] --in-context transformer--> triplane tokens
-    --up-sampling x ``triplane_up`` (conv, or a pixel-shuffled patch per token)--> triplane 3,C,R,R --bilinear features, summed--> MLP --> occupancy logit
+    --up-sampling x ``triplane_up`` (conv, or a pixel-shuffled patch per token)--> triplane 3,C,R,R
+    --bilinear features, summed--> MLP --> occupancy logit
 
 Training: BCE on the batch's query points (uniform + near-surface), + ``kl_weight`` x KL(q(z|x) || N(0, I)) (mean
 over latent elements; a plain deterministic latent with ``variational: false``, the ablation), + ``vq_weight`` x
@@ -48,8 +49,8 @@ class VATDecodeOptions:
 def _upsampler(channels: int, factor: int, kind: str = "conv") -> nn.Sequential:
     """Triplane tokens r x r -> planes (r x factor)^2. ``conv``: nearest up-sampling + 3x3 conv per factor 2;
     ``shuffle``: each token already holds its factor x factor patch (``to_plane`` is wider), pixel-shuffled into
-    place, then one 3x3 conv to blend the patch seams (learns detail several times faster: every plane cell has
-    its own output weights)."""
+    place, then one 3x3 conv to blend the patch seams (every plane cell has its own output weights; it learned
+    somewhat faster at the same cost, README "VAT")."""
     if kind == "shuffle":
         return nn.Sequential(nn.PixelShuffle(factor), nn.Conv2d(channels, channels, 3, padding=1))
     layers = []
